@@ -1,0 +1,323 @@
+"""Reference AI model server for greenroom (standard library only).
+
+A deterministic chatbot behind an OpenAI-style API. It simulates a slow model load
+(BOOT_SECONDS), keeps one conversation's memory inside the process (which is why
+sessions are sticky), and has fault switches for tests:
+
+  FAULT_NEVER_HEALTHY=1        never finish booting
+  FAULT_EXIT_AFTER_REPLIES=N   exit(1) right after sending the Nth reply
+  FAULT_HANG_REPLIES=1         chat requests never get an answer
+  REPLY_DELAY_SECONDS=F        sleep F seconds before each reply
+  FAULT_CRASH_AT_BOOT=1        exit(3) at once
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_BODY_BYTES = 1024 * 1024
+DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES  # oversized bodies up to this are read and dropped
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+NAME_INTRO = re.compile(r"\bmy name is\s+(\S+)", re.IGNORECASE)
+NAME_QUESTION = re.compile(
+    r"\b(what(?:'s| is)\s+my\s+name|do you (?:know|remember) my name|who am i)\b",
+    re.IGNORECASE,
+)
+PUNCTUATION = ".,;:!?\"'()[]{}<>"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    boot_seconds: float
+    instance: str
+    never_healthy: bool
+    exit_after_replies: int  # 0 = never
+    hang_replies: bool
+    reply_delay: float
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_config() -> Config:
+    env = os.environ.get
+    return Config(
+        host=env("HOST", "127.0.0.1"),
+        port=int(env("PORT", "8000")),
+        boot_seconds=float(env("BOOT_SECONDS", "5")),
+        instance=env("INSTANCE_ID") or socket.gethostname(),
+        never_healthy=_flag("FAULT_NEVER_HEALTHY"),
+        exit_after_replies=int(env("FAULT_EXIT_AFTER_REPLIES") or 0),
+        hang_replies=_flag("FAULT_HANG_REPLIES"),
+        reply_delay=max(0.0, float(env("REPLY_DELAY_SECONDS") or 0)),
+    )
+
+
+class RequestError(Exception):
+    """A client error, rendered as an OpenAI-style JSON error."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Memory:
+    """Everything this process has been told: one process, one conversation."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.turns = 0
+        self.name = None
+
+    def reply_to(self, text: str) -> tuple[int, str]:
+        """Learn from the user's latest message and answer it; returns (turn, reply)."""
+        with self._lock:
+            self.turns += 1
+            intro = extract_name(text)
+            if intro:
+                self.name = intro
+            return self.turns, compose_reply(self.turns, text, self.name, intro)
+
+
+def extract_name(text: str) -> str | None:
+    match = NAME_INTRO.search(text)
+    return (match.group(1).strip(PUNCTUATION) or None) if match else None
+
+
+def compose_reply(turn: int, text: str, name: str | None, intro: str | None) -> str:
+    if NAME_QUESTION.search(text):
+        return f"Your name is {name}." if name else "I don't know your name yet."
+    if intro:
+        return f"Turn {turn}: nice to meet you, {intro}."
+    return f'Turn {turn}: you said "{text}".'
+
+
+def validate_chat_request(body) -> tuple[str, list]:
+    """Returns (model, messages) or raises RequestError."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "invalid_request", "request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, "invalid_request", "'model' must be a string")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "invalid_request", "'messages' must be a non-empty list")
+    for index, message in enumerate(messages):
+        validate_message(index, message)
+    return model or "chatbot", messages
+
+
+def validate_message(index: int, message) -> None:
+    role = message.get("role") if isinstance(message, dict) else None
+    if not isinstance(role, str) or role not in ROLES:
+        raise RequestError(
+            400, "invalid_request", f"messages[{index}].role must be one of {sorted(ROLES)}"
+        )
+    if not isinstance(message.get("content"), str):
+        raise RequestError(400, "invalid_request", f"messages[{index}].content must be a string")
+
+
+def last_user_text(messages: list) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def completion(model: str, messages: list, reply: str, turn: int, instance: str) -> dict:
+    prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
+    completion_tokens = count_tokens(reply)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "greenroom_container": {"instance": instance, "turn": turn},
+    }
+
+
+def parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, "invalid_json", "request body is not valid JSON") from None
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+class ChatbotHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
+    server_version = "greenroom-chatbot/1.0"
+    sys_version = ""
+    routes = {  # path -> (method, handler name)
+        "/healthz": ("GET", "handle_health"),
+        "/v1/chat/completions": ("POST", "handle_chat"),
+    }
+
+    # self.server (a ChatbotServer) carries the config, the memory and the boot clock.
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
+
+    def dispatch(self):
+        path = self.path.split("?", 1)[0]
+        try:
+            if path not in self.routes:
+                raise RequestError(404, "not_found", f"no route for {path}")
+            method, handler = self.routes[path]
+            if self.command != method:
+                raise RequestError(405, "method_not_allowed", f"{path} only accepts {method}")
+            getattr(self, handler)()
+        except RequestError as exc:
+            self.send_json(exc.status, error_body(exc.code, exc.message))
+
+    def handle_health(self):
+        if self.server.booted():
+            self.send_json(200, {"status": "ok"})
+        else:
+            self.send_json(503, {"status": "booting"})
+
+    def handle_chat(self):
+        raw = self.read_body()
+        if not self.server.booted():
+            raise RequestError(503, "booting", "the model is still loading")
+        model, messages = validate_chat_request(parse_json(raw))
+        config = self.server.config
+        if config.hang_replies:
+            threading.Event().wait()  # FAULT_HANG_REPLIES: never answer
+        time.sleep(config.reply_delay)
+        turn, reply = self.server.memory.reply_to(last_user_text(messages))
+        last = turn == config.exit_after_replies
+        self.send_json(200, completion(model, messages, reply, turn, config.instance), last)
+        if last:
+            os._exit(1)  # FAULT_EXIT_AFTER_REPLIES: the reply is already flushed
+
+    def read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise RequestError(411, "length_required", "send a Content-Length body")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise RequestError(400, "invalid_request", "bad Content-Length") from None
+        if length > MAX_BODY_BYTES:
+            self.discard_body(length)
+            raise RequestError(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length)
+
+    def discard_body(self, length: int):
+        """Drop an oversized body so the client reads our 413 rather than a reset."""
+        self.close_connection = True
+        remaining = min(length, DRAIN_LIMIT_BYTES)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 64 * 1024))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def send_json(self, status: int, payload: dict, close: bool = False):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if close or self.close_connection:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def send_error(self, code, message=None, explain=None):
+        """Protocol errors raised by http.server (bad request line, ...) as JSON too."""
+        self.close_connection = True
+        self.send_json(code, error_body("http_error", message or self.responses[code][0]))
+
+    def log_request(self, code="-", size="-"):
+        sys.stderr.write(f'{self.address_string()} "{self.requestline}" {code}\n')
+
+    def log_error(self, format, *args):
+        pass  # log_request already wrote this request's one line
+
+
+class ChatbotServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.memory = Memory()
+        self.started = time.monotonic()
+        if ":" in config.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((config.host, config.port), ChatbotHandler)
+
+    def server_bind(self):
+        """Bind without HTTPServer's reverse-DNS lookup, which can stall a boot."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.config.host, self.server_address[1]
+
+    def booted(self) -> bool:
+        if self.config.never_healthy:
+            return False
+        return time.monotonic() - self.started >= self.config.boot_seconds
+
+
+def exit_on_sigterm(signum, frame):
+    raise SystemExit(0)  # unwinds serve_forever in the main thread
+
+
+def main() -> int:
+    if _flag("FAULT_CRASH_AT_BOOT"):
+        sys.stderr.write("chatbot: FAULT_CRASH_AT_BOOT set, exiting\n")
+        return 3
+    try:
+        config = load_config()
+    except ValueError as exc:
+        sys.stderr.write(f"chatbot: bad configuration: {exc}\n")
+        return 2
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGINT, exit_on_sigterm)
+    try:
+        server = ChatbotServer(config)
+    except OSError as exc:
+        sys.stderr.write(f"chatbot: cannot listen on {config.host}:{config.port}: {exc}\n")
+        return 1
+    with server:
+        sys.stderr.write(f"chatbot: {config.instance} listening on {config.host}:{config.port}\n")
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""One exception tree for greenroom; SDK errors are translated at the boundary.
+
+    GreenroomError
+    ├── ConfigError            settings or a pool spec are invalid
+    ├── UnknownPool            no pool of that name
+    ├── NoIdleContainer        a claim found the pool empty (callers wait and retry)
+    ├── SessionBusy            another message of the session is being relayed
+    ├── SessionClosed          the session ended or its container is gone
+    └── RuntimeFailure         a runtime (Docker, process) call failed
+        └── RuntimeUnavailable the runtime cannot be reached at all
+"""
+
+
+class GreenroomError(Exception):
+    """Base of every error greenroom raises on purpose."""
+
+    code = "greenroom_error"
+
+
+class ConfigError(GreenroomError):
+    code = "config_error"
+
+
+class UnknownPool(GreenroomError):
+    code = "unknown_model"
+
+
+class NoIdleContainer(GreenroomError):
+    code = "no_idle_container"
+
+
+class SessionBusy(GreenroomError):
+    code = "session_busy"
+
+
+class SessionClosed(GreenroomError):
+    code = "session_closed"
+
+
+class RuntimeFailure(GreenroomError):
+    code = "runtime_failure"
+
+
+class RuntimeUnavailable(RuntimeFailure):
+    code = "runtime_unavailable"

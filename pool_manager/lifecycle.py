@@ -1,0 +1,81 @@
+"""Starting, watching and destroying one container, keeping Redis and ports in step."""
+
+import logging
+import secrets
+import threading
+import time
+
+from .errors import RuntimeFailure
+from .health import is_healthy
+from .ports import PortAllocator
+from .runtimes import Runtime
+from .settings import PoolSpec
+from .state import Container, PoolState
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, state: PoolState, ports: PortAllocator):
+        self.state = state
+        self.ports = ports
+
+    def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
+        """Create one container, recorded as warming before the runtime is asked, so
+        that concurrent counts include it; its boot is then watched in the background."""
+        container_id = f"gr-{pool}-{secrets.token_hex(6)}"
+        port = self.ports.allocate(container_id)
+        container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
+                              time.time())
+        self.state.add(container)
+        try:
+            runtime.create(container_id, pool, spec, port)
+        except RuntimeFailure as exc:
+            log.warning("pool %s: creating %s failed: %s", pool, container_id, exc)
+            self.fail(container, runtime)
+            return None
+        self.watch_boot(container, spec, runtime)
+        return container
+
+    def watch_boot(self, container: Container, spec: PoolSpec, runtime: Runtime) -> None:
+        threading.Thread(target=self._await_boot, args=(container, spec, runtime),
+                         name=f"boot-{container.id}", daemon=True).start()
+
+    def _await_boot(self, container: Container, spec: PoolSpec, runtime: Runtime) -> None:
+        """Promote to idle the moment it answers healthy; fail it past boot_timeout_s."""
+        deadline = container.created_at + spec.boot_timeout_s
+        pause = 0.02
+        while time.time() < deadline:
+            if is_healthy(container.endpoint, spec.health_path, timeout=min(1.0, spec.boot_timeout_s)):
+                self.promote(container)
+                return
+            if self.state.get(container.id) is None:
+                return  # forgotten meanwhile (destroyed, or vanished)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+        self.fail(container, runtime)
+
+    def promote(self, container: Container) -> bool:
+        if not self.state.move(container, "warming", "idle"):
+            return False
+        self.state.incr_stat(container.pool, "booted")
+        self.state.incr_stat(container.pool, "boot_ms_total", int((time.time() - container.created_at) * 1000))
+        return True
+
+    def fail(self, container: Container, runtime: Runtime) -> None:
+        """A container that never became healthy: destroyed and counted, exactly once."""
+        if self.state.move(container, "warming", None):
+            self.state.incr_stat(container.pool, "failed")
+            self.destroy(container, runtime)
+
+    def destroy(self, container: Container, runtime: Runtime) -> None:
+        """Take it out of service at once, then remove it. If the runtime fails, its record
+        stays as 'gone', so no reconcile adopts it and the next one retries the removal."""
+        self.state.retire(container)
+        try:
+            runtime.destroy(container.id)
+        except RuntimeFailure as exc:
+            log.warning("pool %s: destroying %s failed: %s", container.pool, container.id, exc)
+            return
+        self.state.forget(container)
+        self.ports.release(container.port)

@@ -1,0 +1,151 @@
+"""PoolManager: the one entry point to pools for the workers, the API and the CLI."""
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from redis import Redis
+
+from .errors import ConfigError, NoIdleContainer, SessionClosed, UnknownPool
+from .health import is_healthy
+from .lifecycle import Lifecycle
+from .ports import PortAllocator
+from .reconcile import ReconcilePass, ReconcileReport
+from .runtimes import Runtime, runtime_class
+from .settings import PoolSpec, Settings
+from .state import Claim, PoolState
+
+log = logging.getLogger(__name__)
+LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after it
+SCALABLE = ("target_idle", "max_total")
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    name: str
+    runtime: str
+    target_idle: int
+    max_total: int
+    idle: int
+    warming: int
+    assigned: int
+    failed: int
+    booted: int
+
+
+class PoolManager:
+    def __init__(self, settings: Settings, redis: Redis | None = None):
+        self.settings = settings
+        self.redis = redis or Redis.from_url(settings.redis_url, decode_responses=True)
+        self.state = PoolState(self.redis, settings.deployment)
+        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range))
+        self._runtimes: dict[str, Runtime] = {}
+
+    # specs and runtimes
+    def spec(self, pool: str) -> PoolSpec:
+        """The pool's spec with its run-time overrides (pool scale, PATCH) applied."""
+        try:
+            spec = self.settings.pools[pool]
+        except KeyError:
+            raise UnknownPool(f"no pool named {pool!r}") from None
+        overrides = self.state.overrides(pool)
+        if not overrides:
+            return spec
+        merged = spec.model_dump() | overrides
+        merged["target_idle"] = min(merged["target_idle"], merged["max_total"])
+        return PoolSpec(**merged)
+
+    def runtime_name(self, pool: str) -> str:
+        spec = self.settings.pools[pool]
+        if spec.runtime != "auto":
+            return spec.runtime
+        return "docker" if spec.image and self.runtime("docker").ping() else "process"
+
+    def runtime(self, name: str) -> Runtime:
+        if name not in self._runtimes:
+            options = {"docker_host": self.settings.docker_host} if name == "docker" else {}
+            self._runtimes[name] = runtime_class(name)(self.settings.deployment, **options)
+        return self._runtimes[name]
+
+    def pool_runtime(self, pool: str) -> Runtime:
+        return self.runtime(self.runtime_name(pool))
+
+    # sessions
+    def claim(self, pool: str, session_id: str) -> Claim:
+        """The session's container: its own if it has one, else an idle one, atomically.
+        Raises NoIdleContainer (wait and retry) or SessionClosed."""
+        spec = self.spec(pool)
+        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s)
+        if isinstance(result, Claim):
+            return result
+        if result == "empty":
+            raise NoIdleContainer(f"pool {pool!r} has no idle container")
+        raise SessionClosed(f"session {session_id!r} is {result}")
+
+    def renew(self, claim: Claim) -> bool:
+        return self.state.renew_lease(claim.container, self.spec(claim.container.pool).session_idle_ttl_s)
+
+    def close_session(self, session_id: str, reason: str = "closed") -> bool:
+        """End a session: its container is destroyed, or back to idle when the pool
+        recycles and it is healthy. False when there was no active session."""
+        session = self.state.session(session_id)
+        if session.get("state") != "active":
+            return False
+        self.state.end_session(session_id, reason)
+        container = self.state.get(session["container"])
+        if container is None:
+            return True
+        spec = self.spec(container.pool)
+        if spec.recycle and is_healthy(container.endpoint, spec.health_path):
+            if self.state.move(container, "assigned", "idle"):
+                self.redis.hdel(self.state.container_key(container.id), "session")
+                return True
+        if self.state.move(container, "assigned", None):
+            self.lifecycle.destroy(container, self.pool_runtime(container.pool))
+        return True
+
+    # reconcile
+    def reconcile(self, pool: str) -> ReconcileReport | None:
+        """Run a pass under the pool's lock. If a pass is already running, flag it to run
+        once more instead of waiting, so a request is never lost behind the lock."""
+        name = f"reconcile:{pool}"
+        self.state.flag(name)
+        report = None
+        while True:
+            token = secrets.token_hex(8)
+            if not self.state.try_lock(name, token, LOCK_TTL_S):
+                return report
+            try:
+                self.state.take_flag(name)
+                report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state,
+                                       self.lifecycle, self.close_session).run()
+            finally:
+                self.state.unlock(name, token)
+            if not self.state.take_flag(name):
+                return report
+
+    def reconcile_all(self) -> list[ReconcileReport]:
+        return [r for r in (self.reconcile(pool) for pool in self.settings.pools) if r]
+
+    # operators
+    def status(self, pool: str) -> PoolStatus:
+        spec, counts, stats = self.spec(pool), self.state.counts(pool), self.state.stats(pool)
+        return PoolStatus(pool, self.runtime_name(pool), spec.target_idle, spec.max_total, counts["idle"],
+                          counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0))
+
+    def scale(self, pool: str, **values: int) -> PoolSpec:
+        """Change target_idle and/or max_total at run time; validated like the file."""
+        unknown = set(values) - set(SCALABLE)
+        if unknown:
+            raise ConfigError(f"only {', '.join(SCALABLE)} can change at run time, not {', '.join(sorted(unknown))}")
+        merged = self.spec(pool).model_dump() | values
+        try:
+            PoolSpec(**merged)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.state.set_overrides(pool, values)
+        return self.spec(pool)
+
+    def close(self) -> None:
+        for runtime in self._runtimes.values():
+            runtime.close()

@@ -1,0 +1,134 @@
+"""One reconcile pass over one pool: level-triggered and idempotent.
+
+The caller (PoolManager.reconcile) holds the pool's lock, so passes never overlap.
+"""
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .health import is_healthy
+from .lifecycle import Lifecycle
+from .runtimes import Instance, Runtime
+from .settings import PoolSpec
+from .state import Container, PoolState
+
+log = logging.getLogger(__name__)
+MAX_PARALLEL = 16
+
+
+@dataclass
+class ReconcileReport:
+    pool: str
+    forgotten: int = 0
+    adopted: int = 0
+    destroyed: int = 0
+    failed: int = 0
+    reaped: int = 0
+    started: int = 0
+    duration_s: float = 0.0
+    started_ids: list[str] = field(default_factory=list)
+
+
+class ReconcilePass:
+    def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
+                 close_session):
+        self.pool, self.spec, self.runtime = pool, spec, runtime
+        self.state, self.lifecycle = state, lifecycle
+        self.close_session = close_session
+        self.report = ReconcileReport(pool)
+
+    def run(self) -> ReconcileReport:
+        began = time.monotonic()
+        live = {i.id: i for i in self.runtime.list_managed() if i.pool == self.pool}
+        known = self.state.containers(self.pool)
+        self.forget_vanished(known, live)
+        self.adopt_unknown(known, live)
+        self.check_warming(known, live)
+        self.reap_expired_leases()
+        self.replenish()
+        self.report.duration_s = time.monotonic() - began
+        return self.report
+
+    def forget_vanished(self, known: dict[str, Container], live: dict[str, Instance]) -> None:
+        """State for containers that died or were removed from outside goes; an assigned
+        one's session is marked broken."""
+        for container in known.values():
+            instance = live.get(container.id)
+            if instance and instance.running:
+                continue
+            if not self.state.move(container, container.state, None):
+                continue  # someone else moved it meanwhile: theirs to handle
+            if container.state == "assigned" and container.session:
+                self.state.end_session(container.session, "broken")
+            self.lifecycle.destroy(container, self.runtime)
+            self.report.forgotten += 1
+
+    def adopt_unknown(self, known: dict[str, Container], live: dict[str, Instance]) -> None:
+        """Live, labelled containers Redis does not know (a manager crash, a Redis flush):
+        adopt the healthy and the still booting, destroy the rest."""
+        unknown = [i for i in live.values() if i.id not in known]
+        if not unknown:
+            return
+        with ThreadPoolExecutor(min(len(unknown), MAX_PARALLEL)) as pool:
+            list(pool.map(self._adopt_or_destroy, unknown))
+
+    def _adopt_or_destroy(self, instance: Instance) -> None:
+        record = self.state.get(instance.id)
+        if record is not None and record.state != "gone":
+            return  # known after all: created or claimed since we listed
+        endpoint = self.runtime.endpoint(instance.id, self.spec, instance.port)
+        booting = time.time() - instance.created_at < self.spec.boot_timeout_s
+        if record is None and instance.running:
+            if is_healthy(endpoint, self.spec.health_path):
+                self._adopt(instance, endpoint, "idle")
+                return
+            if booting:
+                self._adopt(instance, endpoint, "warming")
+                return
+        placeholder = Container(instance.id, self.pool, "gone", instance.port, endpoint, instance.created_at)
+        self.lifecycle.destroy(placeholder, self.runtime)
+        self.report.destroyed += 1
+
+    def _adopt(self, instance: Instance, endpoint: str, state: str) -> None:
+        container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at)
+        self.lifecycle.ports.reserve(instance.port, instance.id)
+        self.state.add(container)
+        if state == "warming":
+            self.lifecycle.watch_boot(container, self.spec, self.runtime)
+        log.info("pool %s: adopted %s as %s", self.pool, instance.id, state)
+        self.report.adopted += 1
+
+    def check_warming(self, known: dict[str, Container], live: dict[str, Instance]) -> None:
+        """Promote warming containers that answer healthy; fail those past boot_timeout_s.
+        (Boot watchers do this at once; this pass is the safety net after a crash.)"""
+        warming = [c for c in known.values() if c.state == "warming" and c.id in live]
+        for container in warming:
+            if is_healthy(container.endpoint, self.spec.health_path, timeout=0.5):
+                self.lifecycle.promote(container)
+            elif time.time() - container.created_at > self.spec.boot_timeout_s:
+                self.lifecycle.fail(container, self.runtime)
+                self.report.failed += 1
+
+    def reap_expired_leases(self) -> None:
+        """Sessions unused for session_idle_ttl_s (or whose worker vanished) end."""
+        for container_id in self.state.expired_leases(self.pool):
+            container = self.state.get(container_id)
+            if container and container.session:
+                self.close_session(container.session)
+                self.report.reaped += 1
+
+    def replenish(self) -> None:
+        """Start the whole deficit at once, in parallel, never past max_total."""
+        counts = self.state.counts(self.pool)
+        deficit = self.spec.target_idle - counts["idle"] - counts["warming"]
+        room = self.spec.max_total - sum(counts.values())
+        wanted = max(0, min(deficit, room))
+        if not wanted:
+            return
+        with ThreadPoolExecutor(min(wanted, MAX_PARALLEL)) as pool:
+            started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
+                                    range(wanted)))
+        self.report.started_ids = [c.id for c in started if c]
+        self.report.started = len(self.report.started_ids)

@@ -1,0 +1,59 @@
+"""The narrow interface every runtime implements, and what it reports."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..settings import PoolSpec
+
+MANAGED = "greenroom.managed"
+POOL = "greenroom.pool"
+OWNER = "greenroom.owner"
+PORT = "greenroom.port"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One model server as the runtime sees it: the ground truth of what exists."""
+
+    id: str  # greenroom's id, also the container name
+    pool: str
+    port: int
+    created_at: float  # unix time
+    running: bool
+
+
+class Runtime(ABC):
+    """Creates, inspects and destroys the model servers of one owner (deployment)."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+
+    def labels(self, pool: str, port: int) -> dict[str, str]:
+        return {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
+
+    @abstractmethod
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
+        """Start a server; return once it exists (not once it is healthy)."""
+
+    @abstractmethod
+    def inspect(self, instance_id: str) -> Instance | None:
+        """The instance, or None when it does not exist."""
+
+    @abstractmethod
+    def destroy(self, instance_id: str) -> None:
+        """Remove the instance; removing one that is already gone succeeds."""
+
+    @abstractmethod
+    def list_managed(self) -> list[Instance]:
+        """Every instance this owner has, running or not."""
+
+    def endpoint(self, instance_id: str, spec: PoolSpec, port: int) -> str:
+        """The base URL at which the instance serves."""
+        return f"http://127.0.0.1:{port}"
+
+    def server_env(self, instance_id: str, spec: PoolSpec, port: int) -> dict[str, str]:
+        """What the server is told: the spec's env plus where to listen and who it is."""
+        return spec.env | {"HOST": "127.0.0.1", "PORT": str(port), "INSTANCE_ID": instance_id}
+
+    def close(self) -> None:
+        """Release client resources (not the instances)."""

@@ -1,0 +1,124 @@
+"""Settings, read once, from GREENROOM_* environment variables and an optional TOML file.
+
+The TOML file is named by GREENROOM_CONFIG; environment variables win over it. Every
+value is validated here, so a wrong spec fails at start-up with the field it concerns.
+"""
+
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from .errors import ConfigError
+
+REFERENCE_SERVER = Path(__file__).resolve().parents[1] / "images" / "chatbot" / "server.py"
+NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class PoolSpec(BaseModel):
+    """One pool: what to boot, how many to keep waiting, and how to fence it in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = None
+    command: list[str] | None = None
+    runtime: Literal["auto", "docker", "process"] = "auto"
+    target_idle: int = Field(2, ge=0)
+    max_total: int = Field(20, ge=1)
+    health_path: str = Field("/healthz", pattern=r"^/")
+    boot_timeout_s: float = Field(120, gt=0)
+    session_idle_ttl_s: float = Field(300, gt=0)
+    recycle: bool = False
+    env: dict[str, str] = {}
+    port: int = Field(8000, ge=1, le=65535)
+    network: str = "host"
+    mem_limit: str = Field("1g", pattern=r"^\d+[bkmg]?$")
+    cpus: float = Field(1.0, gt=0)
+    pids_limit: int = Field(256, ge=1)
+    user: str = "10001:10001"
+    tmpfs: dict[str, str] = {"/tmp": "rw,noexec,nosuid,size=64m"}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PoolSpec":
+        if self.target_idle > self.max_total:
+            raise ValueError(f"target_idle ({self.target_idle}) exceeds max_total ({self.max_total})")
+        if self.runtime == "docker" and not self.image:
+            raise ValueError("runtime 'docker' needs an image")
+        if self.runtime == "process" and not self.command:
+            raise ValueError("runtime 'process' needs a command")
+        if not (self.image or self.command):
+            raise ValueError("a pool needs an image or a command")
+        return self
+
+
+def reference_pool(**overrides) -> PoolSpec:
+    """The reference chatbot, runnable by either runtime."""
+    spec = {
+        "image": "greenroom/chatbot:latest",
+        "command": [sys.executable, str(REFERENCE_SERVER)],
+        "env": {"BOOT_SECONDS": "5"},
+    }
+    return PoolSpec(**(spec | overrides))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="forbid", frozen=True)
+
+    deployment: str = Field("greenroom", pattern=NAME)  # the owner label of every container
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # defaults to redis_url
+    docker_host: str | None = None  # defaults to DOCKER_HOST, then the local socket
+    port_range: tuple[int, int] = (20000, 29999)
+    reconcile_interval_s: float = Field(5.0, gt=0)
+    pools: dict[str, PoolSpec] = Field(default_factory=lambda: {"chatbot": reference_pool()})
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, pools: dict[str, PoolSpec]) -> dict[str, PoolSpec]:
+        for name in pools:
+            if not re.match(NAME, name):
+                raise ValueError(f"pool name {name!r} must match {NAME}")
+        return pools
+
+    @field_validator("port_range")
+    @classmethod
+    def _port_range(cls, ports: tuple[int, int]) -> tuple[int, int]:
+        low, high = ports
+        if not 1024 <= low < high <= 65535:
+            raise ValueError("port_range must be two ports, low < high, within 1024-65535")
+        return ports
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path := os.environ.get("GREENROOM_CONFIG"):
+            if not Path(path).is_file():
+                raise ConfigError(f"GREENROOM_CONFIG names {path!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(**overrides) -> Settings:
+    """Build and validate settings, turning pydantic's report into one ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

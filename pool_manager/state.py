@@ -1,0 +1,203 @@
+"""Pool state in Redis: containers by state, sessions, leases, stats and overrides.
+
+Keys live under greenroom:<deployment>:. Per pool, three sorted sets hold the container
+ids by state: warming (score: created at), idle (score: ready at) and assigned (score:
+lease expiry, so expired leases are one ZRANGEBYSCORE away). Each container has a hash,
+each session a hash naming its container. Every transition is one atomic step (a Lua
+script), so concurrent workers and reconciles never hand a container out twice.
+"""
+
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+STATES = ("warming", "idle", "assigned")
+CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
+
+# Claim for a session: its existing container, else the longest-idle one.
+# Returns {container_id, "new"|"existing"} or {false, reason}.
+_CLAIM = """
+local session_key, idle, assigned = KEYS[1], KEYS[2], KEYS[3]
+local session_id, pool, lease_until, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local session = redis.call('HMGET', session_key, 'container', 'state')
+if session[2] == 'active' then return {session[1], 'existing'} end
+if session[2] then return {false, session[2]} end
+local popped = redis.call('ZPOPMIN', idle)
+if #popped == 0 then return {false, 'empty'} end
+local id = popped[1]
+redis.call('ZADD', assigned, lease_until, id)
+redis.call('HSET', prefix .. 'c:' .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
+redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
+return {id, 'new'}
+"""
+
+# Move a container between state sets only if it is still where the caller saw it, so
+# that of two racing actors (a boot watcher and a reconcile, say) exactly one wins.
+_MOVE = """
+local from_set, to_set, container = KEYS[1], KEYS[2], KEYS[3]
+local id, state, score = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('ZREM', from_set, id) == 0 then return 0 end
+if to_set ~= '' then redis.call('ZADD', to_set, score, id) end
+redis.call('HSET', container, 'state', state)
+return 1
+"""
+
+# Release a lock only if we still hold it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    pool: str
+    state: str
+    port: int
+    endpoint: str
+    created_at: float
+    session: str | None = None
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> "Container":
+        return cls(fields["id"], fields["pool"], fields["state"], int(fields["port"]), fields["endpoint"],
+                   float(fields["created_at"]), fields.get("session") or None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    container: Container
+    new: bool  # False: the session already held it (a follow-up, or a redelivered job)
+
+
+class PoolState:
+    def __init__(self, redis: Redis, deployment: str):
+        self.redis = redis
+        self.prefix = f"greenroom:{deployment}:"
+        self._claim = redis.register_script(_CLAIM)
+        self._move = redis.register_script(_MOVE)
+        self._unlock = redis.register_script(_UNLOCK)
+
+    # keys
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def state_key(self, pool: str, state: str) -> str:
+        return self.key("pool", pool, state)
+
+    def container_key(self, container_id: str) -> str:
+        return self.key("c", container_id)
+
+    def session_key(self, session_id: str) -> str:
+        return self.key("session", session_id)
+
+    # containers
+    def add(self, container: Container) -> None:
+        """Record a container in its state (warming when just created, or adopted)."""
+        fields = {k: v for k, v in vars(container).items() if v is not None}
+        score = container.created_at if container.state == "warming" else time.time()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.container_key(container.id), mapping=fields)
+            pipe.zadd(self.state_key(container.pool, container.state), {container.id: score})
+            pipe.execute()
+
+    def get(self, container_id: str) -> Container | None:
+        fields = self.redis.hgetall(self.container_key(container_id))
+        return Container.from_hash(fields) if fields else None
+
+    def containers(self, pool: str) -> dict[str, Container]:
+        ids = [i for state in STATES for i in self.redis.zrange(self.state_key(pool, state), 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for container_id in ids:
+                pipe.hgetall(self.container_key(container_id))
+            found = [Container.from_hash(f) for f in pipe.execute() if f]
+        return {c.id: c for c in found}
+
+    def move(self, container: Container, from_state: str, to_state: str | None) -> bool:
+        """Atomically move from one state to another (None: out of every set)."""
+        to_key = self.state_key(container.pool, to_state) if to_state else ""
+        return bool(self._move(
+            keys=[self.state_key(container.pool, from_state), to_key, self.container_key(container.id)],
+            args=[container.id, to_state or "gone", time.time()],
+        ))
+
+    def retire(self, container: Container) -> None:
+        """Out of every state set, its record kept as 'gone' until the runtime removes it."""
+        with self.redis.pipeline() as pipe:
+            for state in STATES:
+                pipe.zrem(self.state_key(container.pool, state), container.id)
+            pipe.hset(self.container_key(container.id), "state", "gone")
+            pipe.execute()
+
+    def forget(self, container: Container) -> None:
+        with self.redis.pipeline() as pipe:
+            for state in STATES:
+                pipe.zrem(self.state_key(container.pool, state), container.id)
+            pipe.delete(self.container_key(container.id))
+            pipe.execute()
+
+    def counts(self, pool: str) -> dict[str, int]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in STATES:
+                pipe.zcard(self.state_key(pool, state))
+            return dict(zip(STATES, pipe.execute()))
+
+    # sessions and leases
+    def claim(self, pool: str, session_id: str, lease_s: float) -> Claim | str:
+        """The session's container, or the reason there is none: 'empty', 'closed', 'broken'."""
+        now = time.time()
+        container_id, outcome = self._claim(
+            keys=[self.session_key(session_id), self.state_key(pool, "idle"), self.state_key(pool, "assigned")],
+            args=[session_id, pool, now + lease_s, now, self.prefix],
+        )
+        if not container_id:
+            return outcome
+        container = self.get(container_id)
+        return Claim(container, new=outcome == "new") if container else "broken"
+
+    def session(self, session_id: str) -> dict[str, str]:
+        return self.redis.hgetall(self.session_key(session_id))
+
+    def renew_lease(self, container: Container, lease_s: float) -> bool:
+        """Push the lease expiry out; False when the container is no longer assigned."""
+        key = self.state_key(container.pool, "assigned")
+        return bool(self.redis.zadd(key, {container.id: time.time() + lease_s}, xx=True, ch=True))
+
+    def expired_leases(self, pool: str) -> list[str]:
+        return self.redis.zrangebyscore(self.state_key(pool, "assigned"), "-inf", time.time())
+
+    def end_session(self, session_id: str, state: str) -> None:
+        """Mark a session closed or broken; the id then answers so for a day."""
+        key = self.session_key(session_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, "state", state)
+            pipe.expire(key, CLOSED_SESSION_TTL_S)
+            pipe.execute()
+
+    # pool stats and run-time overrides
+    def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:
+        self.redis.hincrby(self.key("pool", pool, "stats"), name, amount)
+
+    def stats(self, pool: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "stats")).items()}
+
+    def overrides(self, pool: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "overrides")).items()}
+
+    def set_overrides(self, pool: str, values: dict[str, int]) -> None:
+        self.redis.hset(self.key("pool", pool, "overrides"), mapping=values)
+
+    # reconcile lock
+    def try_lock(self, name: str, token: str, ttl_s: float) -> bool:
+        return bool(self.redis.set(self.key("lock", name), token, nx=True, px=int(ttl_s * 1000)))
+
+    def unlock(self, name: str, token: str) -> None:
+        self._unlock(keys=[self.key("lock", name)], args=[token])
+
+    def flag(self, name: str) -> None:
+        self.redis.set(self.key("flag", name), 1)
+
+    def take_flag(self, name: str) -> bool:
+        return self.redis.getdel(self.key("flag", name)) is not None

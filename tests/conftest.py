@@ -1,0 +1,133 @@
+"""Real parts for every test: a redis-server per test session, the Docker engine (or a
+clear skip), a fresh deployment id per test, and clean-up by label afterwards."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+from pool_manager.manager import PoolManager
+from pool_manager.runtimes.docker import DockerRuntime
+from pool_manager.settings import load_settings, reference_pool
+
+RUN_ID = f"t{secrets.token_hex(3)}"  # every deployment id of this test session starts so
+IMAGE = "greenroom/chatbot:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    server = shutil.which("redis-server")
+    if not server:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    wait_until(lambda: _pings(client), 10, message="redis-server")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The engine, or a skip saying why (a failure where GREENROOM_REQUIRE_DOCKER=1)."""
+    runtime = DockerRuntime(f"{RUN_ID}-probe")
+    reason = None
+    if not runtime.ping():
+        reason = "no Docker engine reachable (start one, or run `make test`)"
+    else:
+        try:
+            runtime.client.images.get(IMAGE)
+        except Exception:
+            reason = f"image {IMAGE} missing (run `make test`, which builds it)"
+    if reason:
+        if os.environ.get("GREENROOM_REQUIRE_DOCKER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield runtime.client
+    _remove_run_containers(runtime.client)
+    runtime.close()
+
+
+def _remove_run_containers(client) -> None:
+    for container in client.containers.list(all=True, filters={"label": "greenroom.managed=true"}):
+        if container.labels.get("greenroom.owner", "").startswith(RUN_ID):
+            container.remove(force=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def deployment(request) -> str:
+    return f"{RUN_ID}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def make_manager(request, redis_url, deployment, tmp_path):
+    """Build PoolManagers for this test's deployment; on teardown, dump the logs of its
+    servers if the test failed, then destroy every one of them."""
+    managers = []
+    os.environ["GREENROOM_STATE_DIR"] = str(tmp_path / "process-runtime")
+
+    def build(runtime="docker", **spec_fields) -> PoolManager:
+        if runtime == "docker":
+            request.getfixturevalue("docker_engine")
+        spec = reference_pool(runtime=runtime, **{"env": {"BOOT_SECONDS": "1"}} | spec_fields)
+        settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec})
+        manager = PoolManager(settings)
+        managers.append(manager)
+        return manager
+
+    yield build
+    failed = getattr(request.node, "report_call", None) and request.node.report_call.failed
+    for manager in managers:
+        for runtime in manager._runtimes.values():
+            for instance in runtime.list_managed():
+                if failed:
+                    print(f"--- logs of {instance.id} ---\n{runtime.logs(instance.id)}")
+                runtime.destroy(instance.id)
+        manager.close()

@@ -1,0 +1,28 @@
+"""What docker inspect shows of a pooled container: fenced in as the spec says."""
+
+import pytest
+
+from conftest import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_containers_run_hardened_and_limited(make_manager, docker_engine):
+    manager = make_manager("docker", target_idle=1, mem_limit="256m", cpus=0.5, pids_limit=64)
+    report = manager.reconcile("chatbot")
+    container_id = report.started_ids[0]
+    wait_until(lambda: manager.state.counts("chatbot")["idle"] == 1, 20, message="idle")
+    attrs = docker_engine.api.inspect_container(container_id)
+    host = attrs["HostConfig"]
+    assert attrs["Config"]["User"] == "10001:10001"
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Memory"] == 256 * 2**20 and host["MemorySwap"] == 256 * 2**20
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 64
+    assert host["NetworkMode"] == "host"
+    assert attrs["Config"]["Labels"]["greenroom.owner"] == manager.settings.deployment
+    assert attrs["Config"]["Labels"]["greenroom.pool"] == "chatbot"
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert env["HOST"] == "127.0.0.1"  # host networking: the server binds loopback only
