@@ -5,6 +5,8 @@ import secrets
 import threading
 import time
 
+from redis import RedisError
+
 from .errors import RuntimeFailure
 from .health import is_healthy
 from .ports import PortAllocator
@@ -42,6 +44,12 @@ class Lifecycle:
                          name=f"boot-{container.id}", daemon=True).start()
 
     def _await_boot(self, container: Container, spec: PoolSpec, runtime: Runtime) -> None:
+        try:
+            self._promote_when_healthy(container, spec, runtime)
+        except (RedisError, RuntimeFailure) as exc:  # the periodic reconcile takes over
+            log.warning("pool %s: watching %s failed: %s", container.pool, container.id, exc)
+
+    def _promote_when_healthy(self, container: Container, spec: PoolSpec, runtime: Runtime) -> None:
         """Promote to idle the moment it answers healthy; fail it past boot_timeout_s."""
         deadline = container.created_at + spec.boot_timeout_s
         pause = 0.02
@@ -65,8 +73,8 @@ class Lifecycle:
     def fail(self, container: Container, runtime: Runtime) -> None:
         """A container that never became healthy: destroyed and counted, exactly once."""
         if self.state.move(container, "warming", None):
-            self.state.incr_stat(container.pool, "failed")
             self.destroy(container, runtime)
+            self.state.incr_stat(container.pool, "failed")
 
     def destroy(self, container: Container, runtime: Runtime) -> None:
         """Take it out of service at once, then remove it. If the runtime fails, its record

@@ -1,0 +1,179 @@
+"""Claim and reconcile against a real Redis and real containers of the reference image."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import wait_until
+from pool_manager.errors import NoIdleContainer, SessionClosed
+from pool_manager.manager import PoolManager
+
+pytestmark = pytest.mark.timeout(120)
+POOL = "chatbot"
+
+
+def fill(manager, idle: int, timeout: float = 30) -> None:
+    manager.reconcile(POOL)
+    wait_until(lambda: manager.state.counts(POOL)["idle"] >= idle, timeout, message=f"{idle} idle")
+
+
+def labelled(docker_engine, manager) -> list[str]:
+    label = f"greenroom.owner={manager.settings.deployment}"
+    return sorted(c.name for c in docker_engine.containers.list(all=True, filters={"label": label}))
+
+
+def test_thirty_claimers_ten_idle_containers(make_manager):
+    manager = make_manager(target_idle=10)
+    fill(manager, 10)
+    barrier = threading.Barrier(30)
+
+    def claimer(n):
+        barrier.wait()
+        try:
+            return manager.claim(POOL, f"session-{n}").container.id
+        except NoIdleContainer:
+            return None
+
+    with ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(claimer, range(30)))
+    handed_out = [r for r in results if r]
+    assert len(handed_out) == 10 and len(set(handed_out)) == 10
+    assert results.count(None) == 20
+    assert manager.state.counts(POOL) == {"warming": 0, "idle": 0, "assigned": 10}
+
+
+def test_session_keeps_its_container_and_redelivery_claims_no_second(make_manager):
+    manager = make_manager(target_idle=2)
+    fill(manager, 2)
+    first = manager.claim(POOL, "s1")
+    again = manager.claim(POOL, "s1")  # a follow-up, or the same job redelivered
+    assert first.new and not again.new
+    assert again.container.id == first.container.id
+    assert manager.state.counts(POOL)["assigned"] == 1
+
+
+def test_reconcile_holds_target_idle_after_claims(make_manager):
+    manager = make_manager(target_idle=3)
+    fill(manager, 3)
+    for n in range(2):
+        manager.claim(POOL, f"s{n}")
+    report = manager.reconcile(POOL)
+    assert report.started == 2
+    wait_until(lambda: manager.state.counts(POOL) == {"warming": 0, "idle": 3, "assigned": 2}, 30,
+               message="3 idle again")
+
+
+def test_burst_deficit_starts_in_one_pass(make_manager, docker_engine):
+    manager = make_manager(target_idle=8)
+    report = manager.reconcile(POOL)
+    assert report.started == 8
+    assert len(labelled(docker_engine, manager)) == 8
+    assert manager.reconcile(POOL).started == 0  # idempotent: nothing more to do
+
+
+def test_max_total_holds_under_concurrent_reconciles(make_manager, docker_engine):
+    managers = [make_manager(target_idle=4, max_total=6) for _ in range(4)]
+    fill(managers[0], 4)
+    for n in range(3):
+        managers[0].claim(POOL, f"s{n}")  # 3 assigned, 1 idle: the deficit of 3 fits only 2
+    barrier = threading.Barrier(8)
+
+    def reconcile(manager):
+        barrier.wait()
+        manager.reconcile(POOL)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(reconcile, managers * 2))
+    counts = managers[0].state.counts(POOL)
+    assert sum(counts.values()) == 6 and counts["assigned"] == 3
+    assert len(labelled(docker_engine, managers[0])) == 6
+
+
+def test_never_healthy_container_is_destroyed_after_boot_timeout(make_manager, docker_engine):
+    manager = make_manager(target_idle=1, max_total=1, boot_timeout_s=2, env={"FAULT_NEVER_HEALTHY": "1"})
+    first = manager.reconcile(POOL).started_ids[0]
+    wait_until(lambda: manager.status(POOL).failed >= 1, 15, message="boot failure")
+    assert first not in labelled(docker_engine, manager)
+    assert manager.state.get(first) is None
+
+
+def test_container_killed_from_outside_is_forgotten_and_replaced(make_manager, docker_engine):
+    manager = make_manager(target_idle=2)
+    fill(manager, 2)
+    claim = manager.claim(POOL, "s-killed")
+    idle_victim = next(iter(manager.state.containers(POOL).keys() - {claim.container.id}))
+    docker_engine.containers.get(claim.container.id).kill()
+    docker_engine.containers.get(idle_victim).kill()
+    report = manager.reconcile(POOL)
+    assert report.forgotten == 2 and report.started == 2  # back to two idle
+    with pytest.raises(SessionClosed, match="broken"):
+        manager.claim(POOL, "s-killed")
+    fill(manager, 2)
+    assert {claim.container.id, idle_victim}.isdisjoint(labelled(docker_engine, manager))
+
+
+def test_restarted_manager_adopts_healthy_containers(make_manager, docker_engine):
+    manager = make_manager(target_idle=3)
+    fill(manager, 3)
+    before = labelled(docker_engine, manager)
+    manager.state.redis.flushall()  # Redis lost its state (a flush, or a manager without it)
+    restarted = PoolManager(manager.settings)
+    report = restarted.reconcile(POOL)
+    assert (report.adopted, report.started, report.destroyed) == (3, 0, 0)
+    assert restarted.state.counts(POOL)["idle"] == 3
+    assert labelled(docker_engine, manager) == before
+
+
+def test_flush_while_booting_neither_leaks_nor_duplicates(make_manager, docker_engine):
+    manager = make_manager(target_idle=3, env={"BOOT_SECONDS": "2"})
+    manager.reconcile(POOL)
+    manager.state.redis.flushall()  # mid-boot: all three still warming
+    report = manager.reconcile(POOL)
+    assert (report.adopted, report.started) == (3, 0)
+    wait_until(lambda: manager.state.counts(POOL)["idle"] == 3, 20, message="adopted ones to boot")
+    manager.reconcile(POOL)
+    assert len(labelled(docker_engine, manager)) == 3
+
+
+def test_closing_a_session_destroys_its_container(make_manager, docker_engine):
+    manager = make_manager(target_idle=1)
+    fill(manager, 1)
+    claim = manager.claim(POOL, "s-close")
+    assert manager.close_session("s-close")
+    assert claim.container.id not in labelled(docker_engine, manager)
+    assert not manager.close_session("s-close")  # already closed
+    with pytest.raises(SessionClosed, match="closed"):
+        manager.claim(POOL, "s-close")
+
+
+def test_recycled_container_returns_to_idle(make_manager):
+    manager = make_manager(target_idle=1, recycle=True)
+    fill(manager, 1)
+    claim = manager.claim(POOL, "s-recycle")
+    manager.close_session("s-recycle")
+    assert manager.state.counts(POOL) == {"warming": 0, "idle": 1, "assigned": 0}
+    assert manager.claim(POOL, "s-next").container.id == claim.container.id
+
+
+def test_idle_session_is_reaped_after_its_ttl(make_manager, docker_engine):
+    manager = make_manager(target_idle=1, session_idle_ttl_s=1)
+    fill(manager, 1)
+    claim = manager.claim(POOL, "s-idle")
+    wait_until(lambda: manager.reconcile(POOL).reaped == 1, 10, interval=0.3, message="reaped")
+    assert claim.container.id not in labelled(docker_engine, manager)
+    assert manager.state.session("s-idle")["state"] == "closed"
+
+
+def test_scale_at_run_time(make_manager):
+    manager = make_manager(target_idle=1)
+    spec = manager.scale(POOL, target_idle=3)
+    assert spec.target_idle == 3 and manager.reconcile(POOL).started == 3
+
+
+def test_process_runtime_serves_a_pool(make_manager):
+    manager = make_manager("process", target_idle=2)
+    fill(manager, 2)
+    claim = manager.claim(POOL, "s-proc")
+    assert claim.container.endpoint.startswith("http://127.0.0.1:")
+    assert manager.status(POOL).runtime == "process"
