@@ -6,6 +6,11 @@
     ├── NoIdleContainer        a claim found the pool empty (callers wait and retry)
     ├── SessionBusy            another message of the session is being relayed
     ├── SessionClosed          the session ended or its container is gone
+    ├── ClaimTimeout           no container became free within claim_timeout_s
+    ├── JobCancelled           the job was cancelled while it waited
+    ├── ContainerLost          the container died or stopped answering mid-job
+    │   └── ContainerTimeout   the container did not reply within chat_timeout_s
+    ├── ModelError             the model server answered with an error
     └── RuntimeFailure         a runtime (Docker, process) call failed
         └── RuntimeUnavailable the runtime cannot be reached at all
 """
@@ -35,6 +40,26 @@ class SessionBusy(GreenroomError):
 
 class SessionClosed(GreenroomError):
     code = "session_closed"
+
+
+class ClaimTimeout(GreenroomError):
+    code = "no_container_available"
+
+
+class JobCancelled(GreenroomError):
+    code = "cancelled"
+
+
+class ContainerLost(GreenroomError):
+    code = "container_lost"
+
+
+class ContainerTimeout(ContainerLost):
+    code = "container_timeout"
+
+
+class ModelError(GreenroomError):
+    code = "model_error"
 
 
 class RuntimeFailure(GreenroomError):

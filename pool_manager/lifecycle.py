@@ -8,7 +8,7 @@ import time
 from redis import RedisError
 
 from .errors import RuntimeFailure
-from .health import is_healthy
+from .httpclient import is_healthy
 from .ports import PortAllocator
 from .runtimes import Runtime
 from .settings import PoolSpec

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from .errors import ConfigError, NoIdleContainer, SessionClosed, UnknownPool
-from .health import is_healthy
+from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport

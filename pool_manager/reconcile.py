@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .health import is_healthy
+from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .runtimes import Instance, Runtime
 from .settings import PoolSpec
@@ -120,9 +120,11 @@ class ReconcilePass:
                 self.report.reaped += 1
 
     def replenish(self) -> None:
-        """Start the whole deficit at once, in parallel, never past max_total."""
+        """Start the whole deficit at once, in parallel, never past max_total. Jobs
+        waiting for a container count as demand on top of target_idle."""
         counts = self.state.counts(self.pool)
-        deficit = self.spec.target_idle - counts["idle"] - counts["warming"]
+        demand = self.spec.target_idle + self.state.waiting_count(self.pool)
+        deficit = demand - counts["idle"] - counts["warming"]
         room = self.spec.max_total - sum(counts.values())
         wanted = max(0, min(deficit, room))
         if not wanted:

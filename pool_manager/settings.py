@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .errors import ConfigError
@@ -74,7 +74,26 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # defaults to redis_url
     docker_host: str | None = None  # defaults to DOCKER_HOST, then the local socket
     port_range: tuple[int, int] = (20000, 29999)
-    reconcile_interval_s: float = Field(5.0, gt=0)
+    reconcile_interval_s: float = Field(5.0, gt=0)  # beat's safety-net pass
+    claim_timeout_s: float = Field(300, gt=0)  # how long a job waits for a container
+    chat_timeout_s: float = Field(120, gt=0)  # how long a container may take to reply
+    result_ttl_s: int = Field(86400, gt=0)  # how long finished jobs can be polled
+    chat_concurrency: int = Field(16, ge=1)  # relaying threads per chat worker
+
+    # API: bearer tokens per tenant, as plain text or "sha256:<hex digest>" (kept hashed)
+    api_keys: dict[str, SecretStr] = {}
+    admin_tenants: list[str] = ["admin"]  # may change pools and see every job
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_wait_s: float = Field(60, gt=0)  # longest long poll (?wait=N)
+    chat_wait_s: float = Field(60, ge=0)  # /v1/chat/completions answers 202 after this
+
+    # Flower: basic auth, read-only unless told otherwise
+    flower_host: str = "127.0.0.1"
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
     pools: dict[str, PoolSpec] = Field(default_factory=lambda: {"chatbot": reference_pool()})
 
     @field_validator("pools")
@@ -96,6 +115,16 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def chat_time_limit_s(self) -> float:
+        """A chat job's hard limit: a full wait for a container plus two relays (the retry)."""
+        return self.claim_timeout_s + 2 * self.chat_timeout_s + 30
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Longer than the longest task, or running jobs would be redelivered (celery#5935)."""
+        return int(self.chat_time_limit_s + 60)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

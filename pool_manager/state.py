@@ -43,6 +43,14 @@ redis.call('HSET', container, 'state', state)
 return 1
 """
 
+# Take a lock that is free or already ours (a redelivered job holds its session again).
+_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Release a lock only if we still hold it.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -78,6 +86,7 @@ class PoolState:
         self.prefix = f"greenroom:{deployment}:"
         self._claim = redis.register_script(_CLAIM)
         self._move = redis.register_script(_MOVE)
+        self._lock = redis.register_script(_LOCK)
         self._unlock = redis.register_script(_UNLOCK)
 
     # keys
@@ -189,9 +198,30 @@ class PoolState:
     def set_overrides(self, pool: str, values: dict[str, int]) -> None:
         self.redis.hset(self.key("pool", pool, "overrides"), mapping=values)
 
-    # reconcile lock
+    def discard_session(self, session_id: str) -> None:
+        """Forget a session entirely, so that its id can claim afresh."""
+        self.redis.delete(self.session_key(session_id))
+
+    # jobs waiting for a container: their count is demand the next reconcile boots for
+    def add_waiting(self, pool: str, job_id: str) -> int:
+        """Join the pool's line; returns the 1-based position."""
+        key = self.state_key(pool, "waiting")
+        self.redis.zadd(key, {job_id: time.time()}, nx=True)
+        return self.waiting_position(pool, job_id)
+
+    def waiting_position(self, pool: str, job_id: str) -> int:
+        rank = self.redis.zrank(self.state_key(pool, "waiting"), job_id)
+        return 0 if rank is None else rank + 1
+
+    def remove_waiting(self, pool: str, job_id: str) -> None:
+        self.redis.zrem(self.state_key(pool, "waiting"), job_id)
+
+    def waiting_count(self, pool: str) -> int:
+        return self.redis.zcard(self.state_key(pool, "waiting"))
+
+    # locks: the reconcile lock per pool, the one-message-at-a-time lock per session
     def try_lock(self, name: str, token: str, ttl_s: float) -> bool:
-        return bool(self.redis.set(self.key("lock", name), token, nx=True, px=int(ttl_s * 1000)))
+        return bool(self._lock(keys=[self.key("lock", name)], args=[token, int(ttl_s * 1000)]))
 
     def unlock(self, name: str, token: str) -> None:
         self._unlock(keys=[self.key("lock", name)], args=[token])

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from conftest import RUN_ID, free_port, wait_until
-from pool_manager.health import is_healthy
+from pool_manager.httpclient import is_healthy
 from pool_manager.runtimes import runtime_class
 from pool_manager.settings import reference_pool
 

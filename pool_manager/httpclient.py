@@ -1,4 +1,4 @@
-"""Health probes: GET <endpoint><health_path> answers 200 once the model is loaded."""
+"""One pooled HTTP client per process for talking to model servers, and health probes."""
 
 import os
 import threading
@@ -10,7 +10,7 @@ _clients: dict[int, httpx.Client] = {}
 
 
 def http_client() -> httpx.Client:
-    """One pooled client per process (built after any fork), shared by its threads."""
+    """Built after any fork, shared by the process's threads (httpx clients are thread-safe)."""
     with _lock:
         client = _clients.get(os.getpid())
         if client is None:
@@ -20,6 +20,7 @@ def http_client() -> httpx.Client:
 
 
 def is_healthy(endpoint: str, health_path: str, timeout: float = 1.0) -> bool:
+    """GET <endpoint><health_path> answers 200 once the model is loaded."""
     try:
         return http_client().get(endpoint + health_path, timeout=timeout).status_code == 200
     except httpx.HTTPError:

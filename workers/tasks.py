@@ -1,0 +1,72 @@
+"""The public tasks: thin wrappers over pool_manager, which does the work."""
+
+import dataclasses
+from functools import lru_cache
+
+from celery.signals import worker_process_init
+from celery.utils.log import get_task_logger
+
+from pool_manager.chat import ChatRelay
+from pool_manager.errors import GreenroomError
+from pool_manager.jobs import JobStore
+from pool_manager.manager import PoolManager
+from pool_manager.settings import get_settings
+
+from .app import app
+from .names import CHAT_TASK, CLOSE_SESSION_TASK, POOL_QUEUE, RECONCILE_ALL_TASK, RECONCILE_TASK
+
+log = get_task_logger(__name__)
+settings = get_settings()
+
+
+class ChatFailed(GreenroomError):
+    """A chat job ended failed; its record holds the code and message."""
+
+    code = "chat_failed"
+
+
+@lru_cache(maxsize=1)
+def relay() -> ChatRelay:
+    """Redis and Docker clients for this process, built on first use (after any fork)."""
+    manager = PoolManager(settings)
+    jobs = JobStore(manager.redis, settings.deployment, result_ttl_s=settings.result_ttl_s)
+    return ChatRelay(manager, jobs, request_reconcile)
+
+
+@worker_process_init.connect
+def _fresh_clients_after_fork(**_) -> None:
+    relay.cache_clear()
+
+
+def request_reconcile(pool: str) -> None:
+    reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s * 4)
+
+
+@app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
+          soft_time_limit=settings.chat_time_limit_s - 10)
+def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None) -> dict:
+    """Serve one chat message; the job id is the task id."""
+    record = relay().serve(self.request.id, model, messages, session_id, options)
+    if record["status"] == "failed":
+        raise ChatFailed(f"{record['error']['code']}: {record['error']['message']}")
+    return record
+
+
+@app.task(name=RECONCILE_TASK)
+def reconcile(pool: str) -> dict | None:
+    report = relay().manager.reconcile(pool)
+    return dataclasses.asdict(report) if report else None
+
+
+@app.task(name=RECONCILE_ALL_TASK)
+def reconcile_all() -> list[str]:
+    """Beat's safety net: one reconcile per pool, each under its own lock."""
+    pools = list(settings.pools)
+    for pool in pools:
+        reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s)
+    return pools
+
+
+@app.task(name=CLOSE_SESSION_TASK)
+def close_session(session_id: str) -> bool:
+    return relay().manager.close_session(session_id)
