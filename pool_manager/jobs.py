@@ -66,6 +66,15 @@ class JobStore:
         pairs = [x for item in fields.items() for x in item]
         return bool(self._create(keys=[self.key(job_id)], args=[self.pending_ttl_s, *pairs]))
 
+    def own_session(self, session_id: str, tenant: str) -> bool:
+        """Bind a session id to a tenant on first use; True if it is (now) theirs."""
+        key = f"{self.prefix}session-owner:{session_id}"
+        self.redis.set(key, tenant, nx=True, ex=self.pending_ttl_s)
+        return self.redis.get(key) == tenant
+
+    def session_owner(self, session_id: str) -> str | None:
+        return self.redis.get(f"{self.prefix}session-owner:{session_id}")
+
     def get(self, job_id: str) -> dict | None:
         fields = self.redis.hgetall(self.key(job_id))
         if "status" not in fields:

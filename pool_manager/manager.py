@@ -40,6 +40,7 @@ class PoolManager:
         self.state = PoolState(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range))
         self._runtimes: dict[str, Runtime] = {}
+        self._resolved: dict[str, str] = {}  # pool -> runtime name
 
     # specs and runtimes
     def spec(self, pool: str) -> PoolSpec:
@@ -56,10 +57,16 @@ class PoolManager:
         return PoolSpec(**merged)
 
     def runtime_name(self, pool: str) -> str:
-        spec = self.settings.pools[pool]
-        if spec.runtime != "auto":
-            return spec.runtime
-        return "docker" if spec.image and self.runtime("docker").ping() else "process"
+        """The pool's runtime, resolved once: "auto" is docker where an engine answers,
+        else process. The choice is recorded for status readers that hold no runtime."""
+        if pool not in self._resolved:
+            spec = self.settings.pools[pool]
+            name = spec.runtime
+            if name == "auto":
+                name = "docker" if spec.image and self.runtime("docker").ping() else "process"
+            self.redis.hset(self.state.key("pool", pool, "info"), "runtime", name)
+            self._resolved[pool] = name
+        return self._resolved[pool]
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
@@ -129,8 +136,10 @@ class PoolManager:
 
     # operators
     def status(self, pool: str) -> PoolStatus:
+        """Read from Redis alone: the API can show it without any runtime."""
         spec, counts, stats = self.spec(pool), self.state.counts(pool), self.state.stats(pool)
-        return PoolStatus(pool, self.runtime_name(pool), spec.target_idle, spec.max_total, counts["idle"],
+        runtime = self.redis.hget(self.state.key("pool", pool, "info"), "runtime") or spec.runtime
+        return PoolStatus(pool, runtime, spec.target_idle, spec.max_total, counts["idle"],
                           counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0))
 
     def scale(self, pool: str, **values: int) -> PoolSpec:

@@ -1,0 +1,22 @@
+"""The HTTP API: a Flask app factory, one blueprint per resource."""
+
+from flask import Flask
+
+from pool_manager.settings import get_settings, load_settings
+
+from . import auth, chat, errors, health, jobs, openapi, pools, sessions
+from .services import Services
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """`test_config` overrides settings (tests); otherwise GREENROOM_* and the TOML file."""
+    settings = load_settings(**test_config) if test_config else get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    Services.init_app(app, settings)
+    errors.init_app(app)
+    auth.init_app(app)
+    for module in (health, openapi, jobs, chat, sessions, pools):
+        app.register_blueprint(module.bp)
+    return app

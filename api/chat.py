@@ -1,0 +1,40 @@
+"""POST /v1/chat/completions: OpenAI-compatible. Waits for the reply up to chat_wait_s,
+then answers 202 with the job id to poll. The session travels as `session_id` in the
+body (the OpenAI client's extra_body) or the X-Greenroom-Session header."""
+
+from flask import Blueprint, request, url_for
+
+from pool_manager.schemas import ChatJob
+
+from .body import json_object
+from .errors import ApiError
+from .services import services
+from .submit import submit
+from .views import job_view
+
+bp = Blueprint("chat", __name__, url_prefix="/v1/chat")
+SESSION_HEADER = "X-Greenroom-Session"
+
+# A failed job's code -> the status a chat client gets.
+FAILURE_STATUS = {"no_container_available": 503, "container_lost": 502, "container_timeout": 504,
+                  "model_error": 502, "session_closed": 409, "invalid_request": 422, "unknown_model": 404}
+
+
+@bp.post("/completions")
+def completions():
+    body = json_object()
+    if body.pop("stream", False):
+        raise ApiError(422, "invalid_request", "stream: streaming is not supported", field="stream")
+    session_id = body.pop("session_id", None) or request.headers.get(SESSION_HEADER)
+    fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
+              "session_id": session_id, "options": body}
+    job = submit(ChatJob.model_validate(fields))
+    job = services().jobs.wait(job["id"], services().settings.chat_wait_s)
+    headers = {SESSION_HEADER: job["session_id"]}
+    if job["status"] == "succeeded":
+        return job["result"], 200, headers
+    if job["status"] == "failed":
+        error = job["error"]
+        raise ApiError(FAILURE_STATUS.get(error["code"], 500), error["code"], error["message"], job_id=job["id"])
+    headers["Location"] = url_for("jobs.read", job_id=job["id"])
+    return job_view(job), 202, headers

@@ -1,0 +1,60 @@
+"""/v1/jobs: submit, poll (with long polling), cancel."""
+
+from flask import Blueprint, request, url_for
+
+from pool_manager.jobs import FINAL
+from pool_manager.schemas import ChatJob
+
+from .auth import visible
+from .body import json_object
+from .errors import ApiError
+from .services import services
+from .submit import submit
+from .views import job_view
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+@bp.post("")
+def create():
+    job = submit(ChatJob.model_validate(json_object()))
+    location = url_for("jobs.read", job_id=job["id"])
+    return job_view(job), 202, {"Location": location}
+
+
+@bp.get("/<job_id>")
+def read(job_id: str):
+    job = visible_job(job_id)
+    wait = wait_seconds()
+    if wait and job["status"] not in FINAL:
+        job = services().jobs.wait(job_id, wait) or job
+    return job_view(job)
+
+
+@bp.delete("/<job_id>")
+def cancel(job_id: str):
+    job = visible_job(job_id)
+    if not services().jobs.cancel(job_id):
+        job = services().jobs.get(job_id) or job
+        if job["status"] != "cancelled":
+            raise ApiError(409, "not_cancellable", f"the job is {job['status']}; only queued or waiting jobs cancel")
+    return job_view(services().jobs.get(job_id))
+
+
+def visible_job(job_id: str) -> dict:
+    job = services().jobs.get(job_id) if len(job_id) <= 128 else None
+    if job is None or not visible(job.get("tenant")):
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+    return job
+
+
+def wait_seconds() -> float:
+    raw = request.args.get("wait", "0")
+    limit = services().settings.max_wait_s
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_request", "wait: must be a number of seconds", field="wait") from None
+    if not 0 <= wait <= limit:
+        raise ApiError(422, "invalid_request", f"wait: must be between 0 and {limit:g}", field="wait")
+    return wait

@@ -1,0 +1,37 @@
+"""What the API talks to: Redis (jobs, pool state) and the broker (to send tasks by name).
+It holds no runtime: containers are the workers' business."""
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app
+from redis import Redis
+
+from pool_manager.jobs import JobStore
+from pool_manager.manager import PoolManager
+from pool_manager.settings import Settings
+from workers.config import make_celery
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    jobs: JobStore
+    pools: PoolManager  # used for Redis-side reads and scaling only
+    celery: Celery
+
+    @classmethod
+    def init_app(cls, app: Flask, settings: Settings) -> None:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        app.extensions["greenroom"] = cls(
+            settings=settings,
+            redis=redis,
+            jobs=JobStore(redis, settings.deployment, result_ttl_s=settings.result_ttl_s),
+            pools=PoolManager(settings, redis),
+            celery=make_celery(settings),
+        )
+
+
+def services() -> Services:
+    return current_app.extensions["greenroom"]

@@ -1,0 +1,43 @@
+"""Submitting a chat job, shared by /v1/jobs and /v1/chat/completions: validate, check the
+model and the session, write the job record, then send greenroom.chat by name."""
+
+import uuid
+
+from kombu.exceptions import OperationalError
+
+from pool_manager.schemas import ChatJob
+from workers.names import CHAT_QUEUE, CHAT_TASK
+
+from .auth import tenant
+from .errors import ApiError
+from .services import services
+
+
+def submit(job: ChatJob) -> dict:
+    svc = services()
+    if job.model not in svc.settings.pools:
+        raise ApiError(404, "unknown_model", f"no model named {job.model!r}; see GET /v1/pools")
+    job_id = str(uuid.uuid4())
+    session_id = job.session_id or job_id
+    if job.session_id:
+        check_session_usable(job.session_id)
+    elif not svc.jobs.own_session(session_id, tenant()):
+        raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
+    svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id)
+    try:
+        svc.celery.send_task(CHAT_TASK, kwargs=job.task_kwargs(), task_id=job_id, queue=CHAT_QUEUE)
+    except OperationalError as exc:
+        svc.jobs.fail(job_id, "broker_unavailable", "the job could not be queued")
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; retry later") from exc
+    return svc.jobs.get(job_id)
+
+
+def check_session_usable(session_id: str) -> None:
+    """A session id names the caller's session, or a new one the caller starts; another
+    tenant's reads as unknown, and an ended one cannot take messages."""
+    svc = services()
+    if not svc.jobs.own_session(session_id, tenant()):
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    state = svc.pools.state.session(session_id).get("state")
+    if state in ("closed", "broken"):
+        raise ApiError(409, "session_closed", f"session {session_id!r} is {state}; start a new one")

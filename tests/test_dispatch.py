@@ -1,0 +1,148 @@
+"""End to end: the real API over HTTP, real Celery workers, Redis and containers."""
+
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+from celery import Celery
+
+from conftest import wait_until
+from stack import Stack, chat, wait_for_pool
+from workers.config import make_celery
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, docker_engine, tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp("stack")
+    deployment = f"{__import__('conftest').RUN_ID}-dispatch"
+    pool = {"image": "greenroom/chatbot:latest", "command": ["python3", "images/chatbot/server.py"],
+            "runtime": "docker", "target_idle": 2, "max_total": 20, "env": {"BOOT_SECONDS": "1"}}
+    running = Stack(f"{redis_url.rsplit('/', 1)[0]}/1", deployment, folder, pool, claim_timeout_s=30,
+                    chat_timeout_s=10, reconcile_interval_s=2, chat_wait_s=20)
+    running.start("pool", "chat", "beat", "api")
+    yield running
+    running.stop()
+    if request.session.testsfailed:
+        print(running.logs())
+
+
+@pytest.fixture
+def acme(stack):
+    with stack.client("acme") as client:
+        wait_for_pool(client, idle=2)
+        yield client
+
+
+def test_submit_and_poll_gets_a_reply_from_a_warm_container(acme):
+    job = chat(acme, "hello there")
+    assert job["status"] == "succeeded", job
+    reply = job["result"]
+    assert reply["object"] == "chat.completion"
+    assert 'you said "hello there"' in reply["choices"][0]["message"]["content"]
+    meta = reply["greenroom"]
+    assert meta["warm"] is True and meta["new_session"] is True
+    assert meta["container"].startswith("gr-chatbot-")
+    assert set(meta["timings"]) == {"queued_s", "waited_for_container_s", "in_container_s", "total_s"}
+    assert meta["timings"]["total_s"] >= meta["timings"]["in_container_s"] > 0
+
+
+def test_submit_answers_202_with_location_and_unknown_id_is_404(acme):
+    submitted = acme.post("/v1/jobs", json={"model": "chatbot", "messages": [{"role": "user", "content": "hi"}]})
+    assert submitted.status_code == 202
+    assert submitted.headers["Location"] == f"/v1/jobs/{submitted.json()['id']}"
+    assert submitted.json()["status"] == "queued"
+    assert acme.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_long_poll_returns_as_soon_as_the_job_ends(acme):
+    submitted = acme.post("/v1/jobs", json={"model": "chatbot", "messages": [{"role": "user", "content": "hi"}]})
+    began = time.monotonic()
+    job = acme.get(f"/v1/jobs/{submitted.json()['id']}", params={"wait": 30}).json()
+    assert job["status"] == "succeeded"
+    assert time.monotonic() - began < 25  # returned on completion, not at the end of the wait
+
+
+def test_a_session_keeps_its_container_and_memory(acme):
+    first = chat(acme, "my name is Ada")
+    session = first["session_id"]
+    second = chat(acme, "what is my name?", session_id=session)
+    assert second["result"]["choices"][0]["message"]["content"] == "Your name is Ada."
+    assert second["result"]["greenroom"]["container"] == first["result"]["greenroom"]["container"]
+    assert second["result"]["greenroom"]["new_session"] is False
+    other = chat(acme, "what is my name?")  # a new session: another container, no memory of Ada
+    assert other["result"]["greenroom"]["container"] != first["result"]["greenroom"]["container"]
+    assert other["result"]["choices"][0]["message"]["content"] == "I don't know your name yet."
+
+
+def test_closing_a_session_removes_its_container_and_the_pool_refills(acme, docker_engine):
+    job = chat(acme, "hello")
+    session, container = job["session_id"], job["result"]["greenroom"]["container"]
+    assert acme.get(f"/v1/sessions/{session}").json()["state"] == "active"
+    closed = acme.delete(f"/v1/sessions/{session}")
+    assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    assert container not in [c.name for c in docker_engine.containers.list(all=True)]
+    refused = acme.post("/v1/jobs", json={"model": "chatbot", "session_id": session,
+                                          "messages": [{"role": "user", "content": "still there?"}]})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "session_closed"
+    wait_for_pool(acme, idle=2)
+
+
+def test_send_task_gets_a_reply_and_its_job_becomes_visible(stack, acme):
+    client = make_celery(__import__("pool_manager.settings", fromlist=["x"]).load_settings(
+        redis_url=stack.env["GREENROOM_REDIS_URL"]))
+    result = client.send_task("greenroom.chat", kwargs={"model": "chatbot", "messages": [
+        {"role": "user", "content": "from a backend"}]}, queue="greenroom.chat")
+    record = result.get(timeout=30)
+    assert record["status"] == "succeeded"
+    assert 'you said "from a backend"' in record["result"]["choices"][0]["message"]["content"]
+    with stack.client("admin") as admin:  # send_task jobs belong to no tenant: admins see them
+        assert admin.get(f"/v1/jobs/{result.id}").json()["status"] == "succeeded"
+    assert acme.get(f"/v1/jobs/{result.id}").status_code == 404
+
+
+def test_openai_client_against_chat_completions(stack, acme):
+    client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key="acme-token", max_retries=0)
+    first = client.chat.completions.create(model="chatbot", messages=[{"role": "user", "content": "my name is Lin"}])
+    assert first.choices[0].message.content.startswith("Turn 1")
+    session = first.model_extra["greenroom"]["session_id"]
+    second = client.chat.completions.create(model="chatbot", messages=[{"role": "user", "content": "what is my name"}],
+                                            extra_body={"session_id": session})
+    assert second.choices[0].message.content == "Your name is Lin."
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+
+
+def test_drained_pool_jobs_wait_then_succeed_on_fresh_containers(stack, acme):
+    with stack.client("admin") as admin:
+        assert admin.patch("/v1/pools/chatbot", json={"target_idle": 0}).status_code == 200
+        try:
+            sessions = [chat(acme, f"hold {n}")["session_id"] for n in range(2)]  # take the 2 idle
+            wait_for_pool(acme, idle=0, warming=0)
+            submitted = acme.post("/v1/jobs", json={"model": "chatbot",
+                                                    "messages": [{"role": "user", "content": "wait for me"}]})
+            job_id = submitted.json()["id"]
+            waiting = wait_until(lambda: (j := acme.get(f"/v1/jobs/{job_id}").json())["status"] ==
+                                 "waiting_for_container" and j, 10, message="waiting_for_container")
+            assert waiting["position"] == 1
+            job = acme.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+            assert job["status"] == "succeeded"
+            assert job["result"]["greenroom"]["warm"] is False
+            assert job["result"]["greenroom"]["timings"]["waited_for_container_s"] > 0.5  # a boot
+        finally:
+            admin.patch("/v1/pools/chatbot", json={"target_idle": 2})
+    for session in sessions:
+        acme.delete(f"/v1/sessions/{session}")
+    wait_for_pool(acme, idle=2)
+
+
+def test_a_claim_starts_its_replacement_without_waiting_for_beat(stack, acme, docker_engine):
+    before = {c.name for c in docker_engine.containers.list(filters={"label": "greenroom.pool=chatbot"})}
+    chat(acme, "take one")
+    # beat ticks every 2 s; the claim's own reconcile must start a container well before
+    started = wait_until(lambda: {c.name for c in docker_engine.containers.list(
+        filters={"label": "greenroom.pool=chatbot"})} - before, 1.5, interval=0.02, message="replacement")
+    assert len(started) == 1
