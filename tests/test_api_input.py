@@ -1,0 +1,168 @@
+"""Auth, tenant isolation and bad input, against the real API over HTTP (no workers:
+submitted jobs stay queued, which is what cancelling needs)."""
+
+import uuid
+
+import httpx
+import pytest
+
+from conftest import RUN_ID
+from stack import Stack
+
+pytestmark = pytest.mark.timeout(60)
+MESSAGE = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, tmp_path_factory):
+    pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
+    running = Stack(f"{redis_url.rsplit('/', 1)[0]}/2", f"{RUN_ID}-input", tmp_path_factory.mktemp("api"), pool,
+                    max_body_bytes=65536)
+    running.start("api")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def acme(stack):
+    with stack.client("acme") as client:
+        yield client
+
+
+@pytest.fixture
+def globex(stack):
+    with stack.client("globex") as client:
+        yield client
+
+
+def submit(client, **body):
+    return client.post("/v1/jobs", json={"model": "chatbot", "messages": MESSAGE} | body)
+
+
+def error(response) -> tuple[int, str]:
+    assert response.headers["Content-Type"].startswith("application/json"), response.text
+    return response.status_code, response.json()["error"]["code"]
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"), ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/sessions/x"), ("DELETE", "/v1/sessions/x"), ("GET", "/v1/pools"), ("GET", "/v1/pools/chatbot"),
+    ("PATCH", "/v1/pools/chatbot"),
+])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Basic YWNtZTphY21lLXRva2Vu", "Bearer"])
+def test_every_resource_needs_a_valid_token(stack, method, path, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.request(method, stack.api_url + path, headers=headers, json={})
+    assert error(response) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json"])
+def test_health_readiness_and_the_document_are_public(stack, path):
+    assert httpx.get(stack.api_url + path).status_code == 200
+
+
+def test_a_tenant_sees_only_its_own_jobs_and_sessions(acme, globex):
+    job = submit(acme).json()
+    assert acme.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    assert error(globex.get(f"/v1/jobs/{job['id']}")) == (404, "job_not_found")
+    assert error(globex.delete(f"/v1/jobs/{job['id']}")) == (404, "job_not_found")
+    assert error(globex.get(f"/v1/sessions/{job['session_id']}")) == (404, "session_not_found")
+    assert error(globex.delete(f"/v1/sessions/{job['session_id']}")) == (404, "session_not_found")
+    assert error(submit(globex, session_id=job["session_id"])) == (404, "session_not_found")
+    assert acme.get(f"/v1/sessions/{job['session_id']}").status_code == 200
+
+
+def test_a_client_may_name_a_new_session(acme, globex):
+    name = f"my-session-{uuid.uuid4().hex[:8]}"
+    assert submit(acme, session_id=name).json()["session_id"] == name
+    assert error(submit(globex, session_id=name)) == (404, "session_not_found")
+
+
+def test_cancel_a_queued_job(acme):
+    job = submit(acme).json()
+    cancelled = acme.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert acme.delete(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"  # idempotent
+
+
+def test_pool_changes_need_an_admin(stack, acme):
+    assert error(acme.patch("/v1/pools/chatbot", json={"target_idle": 1})) == (403, "forbidden")
+    with stack.client("admin") as admin:
+        assert error(admin.patch("/v1/pools/chatbot", json={"target_idle": -1})) == (422, "invalid_request")
+        assert error(admin.patch("/v1/pools/chatbot", json={"image": "evil"})) == (422, "invalid_request")
+        assert error(admin.patch("/v1/pools/chatbot", json={"target_idle": "2"})) == (422, "invalid_request")
+        assert error(admin.patch("/v1/pools/nope", json={"target_idle": 1})) == (404, "unknown_model")
+        changed = admin.patch("/v1/pools/chatbot", json={"max_total": 7})
+        assert changed.status_code == 200 and changed.json()["max_total"] == 7
+
+
+@pytest.mark.parametrize("content, content_type, expected", [
+    (b"{not json", "application/json", (400, "invalid_json")),
+    (b'{"model": "chatbot", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "application/json",
+     (400, "invalid_json")),
+    (b"[" * 5000 + b"]" * 5000, "application/json", (400, "invalid_json")),
+    (b'{"model": "chatbot", "messages": ' + b"[" * 100 + b"]" * 100 + b"}", "application/json",
+     (400, "invalid_json")),
+    (b'{"model": "chatbot"}', "text/plain", (415, "unsupported_media_type")),
+    (b"model=chatbot", "application/x-www-form-urlencoded", (415, "unsupported_media_type")),
+    (b'"just a string"', "application/json", (422, "invalid_request")),
+    (b'{"model": "chatbot", "messages": [{"role": "user", "content": "' + b"x" * 70000 + b'"}]}',
+     "application/json", (413, "request_entity_too_large")),
+])
+def test_malformed_bodies(acme, content, content_type, expected):
+    for path in ("/v1/jobs", "/v1/chat/completions"):
+        assert error(acme.post(path, content=content, headers={"Content-Type": content_type})) == expected
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"model": "chatbot"}, "messages"),
+    ({"model": "chatbot", "messages": []}, "messages"),
+    ({"model": "chatbot", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ({"model": "chatbot", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"model": "chatbot", "messages": "hello"}, "messages"),
+    ({"messages": MESSAGE}, "model"),
+    ({"model": "chatbot", "messages": MESSAGE, "session_id": "../../etc"}, "session_id"),
+    ({"model": "chatbot", "messages": MESSAGE, "surprise": 1}, "surprise"),
+    ({"model": "chatbot", "messages": MESSAGE, "options": {"model": "x"}}, "options"),
+    ({"model": "chatbot", "messages": [{"role": "user", "content": "x"}] * 1001}, "messages"),
+])
+def test_schema_violations_are_422_naming_the_field(acme, body, field):
+    response = acme.post("/v1/jobs", json=body)
+    assert error(response) == (422, "invalid_request")
+    assert response.json()["error"]["field"] == field
+
+
+def test_openai_endpoint_validation(acme):
+    assert error(acme.post("/v1/chat/completions", json={"model": "chatbot", "messages": MESSAGE, "stream": True})
+                 ) == (422, "invalid_request")
+    assert error(acme.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MESSAGE})
+                 ) == (404, "unknown_model")
+
+
+def test_unknown_model_is_404(acme):
+    assert error(submit(acme, model="gpt-9")) == (404, "unknown_model")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/..%2F..%2Fetc%2Fpasswd", "/v1/jobs/" + "a" * 300,
+                                  "/v1/sessions/%00", "/v1/jobs/%2e%2e", "/v1/nothing"])
+def test_path_tricks_are_404(acme, path):
+    assert error(acme.get(path))[0] == 404
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/v1/jobs"), ("GET", "/v1/chat/completions"),
+                                          ("POST", "/v1/pools"), ("PATCH", "/v1/jobs/x")])
+def test_wrong_methods_are_405(acme, method, path):
+    response = acme.request(method, path)
+    assert error(response) == (405, "method_not_allowed")
+    assert response.headers["Allow"]
+
+
+@pytest.mark.parametrize("wait", ["abc", "-1", "nan", "inf", "1e9"])
+def test_bad_wait_is_422(acme, wait):
+    job = submit(acme).json()
+    assert error(acme.get(f"/v1/jobs/{job['id']}", params={"wait": wait})) == (422, "invalid_request")
+
+
+def test_readyz_reports_redis_and_broker(stack):
+    assert httpx.get(stack.api_url + "/readyz").json() == {"status": "ready",
+                                                           "checks": {"redis": True, "broker": True}}
