@@ -3,7 +3,7 @@
 import dataclasses
 from functools import lru_cache
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from celery.utils.log import get_task_logger
 
 from pool_manager.chat import ChatRelay
@@ -36,6 +36,12 @@ def relay() -> ChatRelay:
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_) -> None:
     relay.cache_clear()
+
+
+@worker_ready.connect
+def _fill_pools_at_start(**_) -> None:
+    """Fill the pools as soon as a worker is up, not at beat's first tick."""
+    reconcile_all.apply_async(queue=POOL_QUEUE)
 
 
 def request_reconcile(pool: str) -> None:

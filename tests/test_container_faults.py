@@ -1,0 +1,61 @@
+"""Containers that die or hang mid-job: clear errors, no leaks, the pool refills."""
+
+import pytest
+
+from conftest import RUN_ID, wait_until
+from stack import Stack, chat, wait_for_pool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_stack(redis_url, tmp_path_factory, db: int, name: str, env: dict, **settings) -> Stack:
+    pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 1, "max_total": 6,
+            "env": {"BOOT_SECONDS": "1"} | env}
+    stack = Stack(f"{redis_url.rsplit('/', 1)[0]}/{db}", f"{RUN_ID}-{name}", tmp_path_factory.mktemp(name), pool,
+                  **settings)
+    return stack.start("pool", "chat", "api")
+
+
+@pytest.fixture(scope="module")
+def dying(redis_url, docker_engine, tmp_path_factory, request):
+    stack = start_stack(redis_url, tmp_path_factory, 3, "dying", {"FAULT_EXIT_AFTER_REPLIES": "1"})
+    yield stack
+    stack.stop()
+    if request.session.testsfailed:
+        print(stack.logs())
+
+
+def test_a_container_that_dies_gives_container_lost_to_the_next_message(dying, docker_engine):
+    with dying.client() as client:
+        wait_for_pool(client, idle=1)
+        first = chat(client, "hello")
+        assert first["status"] == "succeeded"
+        container = first["result"]["greenroom"]["container"]
+        wait_until(lambda: docker_engine.containers.get(container).status == "exited", 10, message="exit")
+        second = chat(client, "are you there?", session_id=first["session_id"])
+        assert second["status"] == "failed"
+        assert second["error"]["code"] == "container_lost"
+        assert client.get(f"/v1/sessions/{first['session_id']}").json()["state"] == "broken"
+        wait_until(lambda: container not in [c.name for c in docker_engine.containers.list(all=True)], 10,
+                   message="the dead container to be removed")
+        wait_for_pool(client, idle=1)
+
+
+@pytest.fixture(scope="module")
+def hanging(redis_url, docker_engine, tmp_path_factory, request):
+    stack = start_stack(redis_url, tmp_path_factory, 4, "hanging", {"FAULT_HANG_REPLIES": "1"}, chat_timeout_s=2)
+    yield stack
+    stack.stop()
+    if request.session.testsfailed:
+        print(stack.logs())
+
+
+def test_a_hanging_container_times_out_and_is_destroyed(hanging, docker_engine):
+    with hanging.client() as client:
+        wait_for_pool(client, idle=1)
+        job = chat(client, "hello")
+        assert job["status"] == "failed" and job["error"]["code"] == "container_timeout"
+        assert "2" in job["error"]["message"]
+        label = {"label": f"greenroom.owner={hanging.env['GREENROOM_DEPLOYMENT']}"}
+        wait_for_pool(client, idle=1, assigned=0)
+        assert len(docker_engine.containers.list(all=True, filters=label)) == 1  # only the fresh idle one
