@@ -23,6 +23,7 @@ from .state import Claim
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02  # how often a waiting job retries its claim
+CHECK_S = 0.25  # how often it checks for cancellation and updates its place in line
 
 
 class ChatRelay:
@@ -81,6 +82,7 @@ class ChatRelay:
         began = time.monotonic()
         deadline = began + self.settings.claim_timeout_s
         waiting = False
+        next_check = began
         try:
             while True:
                 try:
@@ -90,8 +92,10 @@ class ChatRelay:
                     if not waiting:
                         waiting = True
                         self._enter_line(job_id, pool)
-                    self._check_still_wanted(job_id, pool)
-                    if time.monotonic() > deadline:
+                    if (now := time.monotonic()) >= next_check:
+                        self._check_still_wanted(job_id, pool)
+                        next_check = now + CHECK_S
+                    if now > deadline:
                         raise ClaimTimeout(f"no {pool!r} container became free in {self.settings.claim_timeout_s}s")
                     time.sleep(POLL_S)
         finally:

@@ -124,8 +124,8 @@ class PoolManager:
                 return report
             try:
                 self.state.take_flag(name)
-                report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state,
-                                       self.lifecycle, self.close_session).run()
+                report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state, self.lifecycle,
+                                       self.close_session, self.settings.claim_timeout_s).run()
             finally:
                 self.state.unlock(name, token)
             if not self.state.take_flag(name):

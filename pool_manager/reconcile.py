@@ -33,8 +33,9 @@ class ReconcileReport:
 
 class ReconcilePass:
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
-                 close_session):
+                 close_session, max_wait_s: float):
         self.pool, self.spec, self.runtime = pool, spec, runtime
+        self.max_wait_s = max_wait_s  # a job waits for a container no longer than this
         self.state, self.lifecycle = state, lifecycle
         self.close_session = close_session
         self.report = ReconcileReport(pool)
@@ -123,7 +124,7 @@ class ReconcilePass:
         """Start the whole deficit at once, in parallel, never past max_total. Jobs
         waiting for a container count as demand on top of target_idle."""
         counts = self.state.counts(self.pool)
-        demand = self.spec.target_idle + self.state.waiting_count(self.pool)
+        demand = self.spec.target_idle + self.state.waiting_count(self.pool, self.max_wait_s)
         deficit = demand - counts["idle"] - counts["warming"]
         room = self.spec.max_total - sum(counts.values())
         wanted = max(0, min(deficit, room))

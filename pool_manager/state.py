@@ -216,8 +216,14 @@ class PoolState:
     def remove_waiting(self, pool: str, job_id: str) -> None:
         self.redis.zrem(self.state_key(pool, "waiting"), job_id)
 
-    def waiting_count(self, pool: str) -> int:
-        return self.redis.zcard(self.state_key(pool, "waiting"))
+    def waiting_count(self, pool: str, max_wait_s: float) -> int:
+        """Jobs in line, after dropping any older than the longest possible wait (their
+        worker died while waiting; a redelivery joins the line again)."""
+        key = self.state_key(pool, "waiting")
+        with self.redis.pipeline() as pipe:
+            pipe.zremrangebyscore(key, "-inf", time.time() - max_wait_s)
+            pipe.zcard(key)
+            return pipe.execute()[1]
 
     # locks: the reconcile lock per pool, the one-message-at-a-time lock per session
     def try_lock(self, name: str, token: str, ttl_s: float) -> bool:

@@ -1,0 +1,237 @@
+"""`greenroom` as users run it: a subprocess, real Redis, a pool on the process runtime."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from conftest import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+GREENROOM = str(Path(sys.executable).parent / "greenroom")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def cli_env(redis_url, deployment, tmp_path):
+    """Environment for a `greenroom` subprocess: the test Redis, a fresh deployment, a
+    chatbot pool on the process runtime that keeps nothing idle."""
+    config = tmp_path / "greenroom.toml"
+    config.write_text(
+        "[pools.chatbot]\n"
+        f"command = {json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])}\n"
+        'runtime = "process"\ntarget_idle = 0\nmax_total = 3\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENROOM_", "FLOWER_"))}
+    return env | {"GREENROOM_REDIS_URL": redis_url, "GREENROOM_DEPLOYMENT": deployment,
+                  "GREENROOM_CONFIG": str(config), "GREENROOM_STATE_DIR": str(tmp_path / "state")}
+
+
+def greenroom(*args, env, cwd=REPO, timeout=60):
+    return subprocess.run([GREENROOM, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_pool_status_json_reports_counts(cli_env):
+    done = greenroom("pool", "status", "--json", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["name"] == "chatbot" and row["runtime"] == "process"
+    assert (row["target_idle"], row["max_total"]) == (0, 3)
+    assert row["idle"] == row["warming"] == row["assigned"] == 0
+
+
+def test_pool_scale_changes_the_target(cli_env):
+    first = greenroom("pool", "scale", "chatbot", "--target-idle", "0", "--max-total", "2", env=cli_env)
+    assert first.returncode == 0, first.stderr
+    assert "target_idle=0 max_total=2" in first.stdout
+    [row] = json.loads(greenroom("pool", "status", "--json", env=cli_env).stdout)
+    assert (row["target_idle"], row["max_total"], row["warming"], row["idle"]) == (0, 2, 0, 0)
+
+
+def test_pool_scale_unknown_pool_is_a_clear_error(cli_env):
+    done = greenroom("pool", "scale", "nosuch", "--target-idle", "1", env=cli_env)
+    assert done.returncode != 0
+    assert "nosuch" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_spec_exits_naming_the_field_without_traceback(cli_env, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pools.chatbot]\nimage = "x"\nmem_limit = "lots"\n')
+    done = greenroom("pool", "status", env=cli_env | {"GREENROOM_CONFIG": str(bad)})
+    assert done.returncode != 0
+    assert "pools.chatbot.mem_limit" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_flower_refuses_to_start_without_a_password(cli_env):
+    done = greenroom("flower", env=cli_env)
+    assert done.returncode != 0
+    assert "GREENROOM_FLOWER_PASSWORD" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_redis_down_is_a_clear_error(cli_env):
+    done = greenroom("pool", "status", env=cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert done.returncode != 0
+    assert "cannot reach Redis" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_up_starts_redis_keeps_secrets_private_and_reuses_them(cli_env, tmp_path):
+    """`up` with its own Procfile (one short job): it starts Redis when nothing answers at
+    a loopback URL, makes the credentials once (0600), hands the children the token's
+    digest only, prints where secrets are but not the Flower password, and stops Redis."""
+    port = free_port()
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        "status: greenroom pool status --json && "
+        "python3 -c 'import os; print(\"KEYS=\" + os.environ[\"GREENROOM_API_KEYS\"])'\n")
+    env = cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    first = greenroom("up", "--procfile", str(procfile), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    secrets_file = tmp_path / ".greenroom" / "secrets.env"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    saved = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines() if not line.startswith("#"))
+    assert set(saved) == {"GREENROOM_TOKEN", "GREENROOM_FLOWER_PASSWORD"}
+    assert '"chatbot"' in first.stdout and "curl -s http://127.0.0.1:8080/v1/chat/completions" in first.stdout
+    assert str(secrets_file) in first.stdout
+    assert saved["GREENROOM_FLOWER_PASSWORD"] not in first.stdout + first.stderr
+    assert saved["GREENROOM_TOKEN"] not in first.stdout  # the API gets a sha256 digest
+    assert '{"admin": "sha256:' in first.stdout
+    assert (tmp_path / ".greenroom" / "redis" / "redis.conf").is_file()
+    assert not _answers(port)  # Redis was stopped with the stack
+
+    second = greenroom("up", "--procfile", str(procfile), env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert secrets_file.read_text().count(saved["GREENROOM_TOKEN"]) == 1  # reused, not remade
+
+
+def _answers(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: echo $$ > sleeper.pid && exec sleep 300\n")
+    up = subprocess.Popen([GREENROOM, "up", "--procfile", str(procfile)], env=cli_env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pid_file = tmp_path / "sleeper.pid"
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, message="the Procfile's process")
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+    assert "redis: started" not in out  # the test Redis answered at the configured URL
+    assert "SIGTERM received" in out
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()  # the child was stopped too
+
+
+def _start(args, env, log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([GREENROOM, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture
+def api_stack(request, cli_env, make_manager, tmp_path):
+    """`greenroom api` and `greenroom worker` (both queues); make_manager's teardown then
+    destroys the model servers the workers started (same deployment and state folder)."""
+    make_manager("process")
+    port = free_port()
+    env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": '{"admin": "tok"}',
+                     "GREENROOM_STATE_DIR": os.environ["GREENROOM_STATE_DIR"]}
+    env["GREENROOM_CONFIG"] = str(tmp_path / "warm.toml")
+    Path(env["GREENROOM_CONFIG"]).write_text(
+        "[pools.chatbot]\n"
+        f"command = {json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])}\n"
+        'runtime = "process"\ntarget_idle = 1\nmax_total = 4\nenv = { BOOT_SECONDS = "0.2" }\n')
+    logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
+    processes = [_start(["api", "--workers", "1", "--threads", "8"], env, logs["api"]),
+                 _start(["worker"], env, logs["worker"])]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(url), 30, interval=0.2, message="the API")
+        yield {"url": url, "env": env}
+    finally:
+        for process in processes:
+            _stop(process)
+        if getattr(request.node, "report_call", None) and request.node.report_call.failed:
+            for name, log in logs.items():
+                print(f"--- {name} log ---\n{log.read_text(errors='replace')[-20000:]}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_chat_one_message_then_a_conversation(api_stack):
+    env, url = api_stack["env"], api_stack["url"]
+    one = greenroom("chat", "--api-url", url, "--token", "tok", "Hello! My name is Ada.", env=env)
+    assert one.returncode == 0, one.stderr
+    assert "Ada" in one.stdout and "--session" in one.stderr
+
+    talk = subprocess.run([GREENROOM, "chat"], input="My name is Bob.\nWhat is my name?\n/quit\n",
+                          env=env | {"GREENROOM_API_URL": url, "GREENROOM_TOKEN": "tok"},
+                          capture_output=True, text=True, timeout=60)
+    assert talk.returncode == 0, talk.stderr
+    assert "Your name is Bob" in talk.stdout  # one session: the same container remembers
+
+    def assigned() -> int:
+        return json.loads(greenroom("pool", "status", "--json", env=env).stdout)[0]["assigned"]
+
+    # the conversation closed its session at /quit; the one-shot's session remains
+    wait_until(lambda: assigned() == 1, 30, interval=0.5, message="one assigned container")
+
+
+def test_chat_with_a_bad_token_fails_clearly(api_stack):
+    done = greenroom("chat", "--api-url", api_stack["url"], "--token", "nope", "hi", env=api_stack["env"])
+    assert done.returncode == 1
+    assert "401 unauthorized" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_beat_keeps_its_schedule_out_of_the_cwd_and_sends_reconciles(cli_env, redis_url, tmp_path):
+    """Beat on a database of its own (no worker consumes there), a short interval."""
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(url)
+    client.delete("greenroom.pool")
+    env = cli_env | {"GREENROOM_REDIS_URL": url, "GREENROOM_RECONCILE_INTERVAL_S": "0.5"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    beat = _start(["beat"], env, tmp_path / "beat.log", cwd=cwd)
+    try:
+        wait_until(lambda: client.llen("greenroom.pool") > 0, 30, interval=0.2, message="a reconcile on greenroom.pool")
+    finally:
+        _stop(beat)
+        client.delete("greenroom.pool")
+    assert list(cwd.iterdir()) == []
+    assert list((tmp_path / "state" / "beat").glob(f"{env['GREENROOM_DEPLOYMENT']}-schedule*"))
+
+
+def test_the_compose_pool_spec_is_valid(cli_env):
+    env = cli_env | {"GREENROOM_CONFIG": str(REPO / "deploy" / "greenroom.toml")}
+    [row] = json.loads(greenroom("pool", "status", "--json", env=env).stdout)
+    assert (row["name"], row["runtime"]) == ("chatbot", "docker")
