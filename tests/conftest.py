@@ -84,14 +84,23 @@ def docker_engine():
             pytest.fail(reason)
         pytest.skip(reason)
     yield runtime.client
-    _remove_run_containers(runtime.client)
     runtime.close()
 
 
-def _remove_run_containers(client) -> None:
-    for container in client.containers.list(all=True, filters={"label": "greenroom.managed=true"}):
-        if container.labels.get("greenroom.owner", "").startswith(RUN_ID):
-            container.remove(force=True)
+@pytest.fixture(scope="session", autouse=True)
+def no_container_outlives_the_run():
+    """Every test removes what it made; at the end, anything labelled by this run that is
+    left is removed, and the leak fails the run."""
+    yield
+    runtime = DockerRuntime(f"{RUN_ID}-cleanup")
+    leaked = []
+    if runtime.ping():
+        for container in runtime.client.containers.list(all=True, filters={"label": "greenroom.managed=true"}):
+            if container.labels.get("greenroom.owner", "").startswith(RUN_ID):
+                leaked.append(container.name)
+                container.remove(force=True)
+    runtime.close()
+    assert not leaked, f"containers outlived their tests: {leaked}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

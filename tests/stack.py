@@ -4,6 +4,7 @@ Each Stack has its own Redis database (Celery's queue names are global within on
 its own deployment id, so its containers carry their own owner label.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -14,22 +15,30 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port, wait_until
+from conftest import RUN_ID, free_port, wait_until
+from pool_manager.runtimes.docker import DockerRuntime
+from pool_manager.runtimes.process import ProcessRuntime
 
 VENV_BIN = Path(sys.executable).parent
 TOKENS = {"acme": "acme-token", "globex": "globex-token", "admin": "admin-token"}
 
 
+_databases = itertools.count(1)  # database 0 is the pool tests'
+
+
 class Stack:
-    def __init__(self, redis_url: str, deployment: str, folder: Path, pool: dict, **settings):
+    def __init__(self, redis_url: str, name: str, folder: Path, pool: dict, **settings):
+        database = next(_databases)
+        assert database < 16, "more stacks than Redis databases"
+        self.redis_url = f"{redis_url.rsplit('/', 1)[0]}/{database}"
         self.folder = folder
         self.api_url = f"http://127.0.0.1:{free_port()}"
         config = folder / "greenroom.toml"
         config.write_text(_toml_pool(pool))
         self.env = os.environ | {
             "GREENROOM_CONFIG": str(config),
-            "GREENROOM_REDIS_URL": redis_url,
-            "GREENROOM_DEPLOYMENT": deployment,
+            "GREENROOM_REDIS_URL": self.redis_url,
+            "GREENROOM_DEPLOYMENT": f"{RUN_ID}-{name}",
             "GREENROOM_API_KEYS": json.dumps(TOKENS),
             "GREENROOM_API_PORT": self.api_url.rsplit(":", 1)[1],
             "GREENROOM_STATE_DIR": str(folder / "process-runtime"),
@@ -70,8 +79,17 @@ class Stack:
             process.wait(5)
 
     def stop(self) -> None:
+        """Stop the processes, then remove the model servers they left (as `make clean`
+        would: greenroom leaves them running on purpose, to adopt after a restart)."""
         for name in list(self.processes):
             self.kill(name)
+        deployment = self.env["GREENROOM_DEPLOYMENT"]
+        runtimes = [ProcessRuntime(deployment, self.env["GREENROOM_STATE_DIR"]), DockerRuntime(deployment)]
+        for runtime in runtimes:
+            if not isinstance(runtime, DockerRuntime) or runtime.ping():
+                for instance in runtime.list_managed():
+                    runtime.destroy(instance.id)
+            runtime.close()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"

@@ -6,7 +6,6 @@ import uuid
 import httpx
 import pytest
 
-from conftest import RUN_ID
 from stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -16,8 +15,7 @@ MESSAGE = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def stack(redis_url, tmp_path_factory):
     pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
-    running = Stack(f"{redis_url.rsplit('/', 1)[0]}/2", f"{RUN_ID}-input", tmp_path_factory.mktemp("api"), pool,
-                    max_body_bytes=65536)
+    running = Stack(redis_url, "input", tmp_path_factory.mktemp("api"), pool, max_body_bytes=65536)
     running.start("api")
     yield running
     running.stop()

@@ -2,23 +2,22 @@
 
 import pytest
 
-from conftest import RUN_ID, wait_until
+from conftest import wait_until
 from stack import Stack, chat, wait_for_pool
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def start_stack(redis_url, tmp_path_factory, db: int, name: str, env: dict, **settings) -> Stack:
+def start_stack(redis_url, tmp_path_factory, name: str, env: dict, **settings) -> Stack:
     pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 1, "max_total": 6,
             "env": {"BOOT_SECONDS": "1"} | env}
-    stack = Stack(f"{redis_url.rsplit('/', 1)[0]}/{db}", f"{RUN_ID}-{name}", tmp_path_factory.mktemp(name), pool,
-                  **settings)
+    stack = Stack(redis_url, name, tmp_path_factory.mktemp(name), pool, **settings)
     return stack.start("pool", "chat", "api")
 
 
 @pytest.fixture(scope="module")
 def dying(redis_url, docker_engine, tmp_path_factory, request):
-    stack = start_stack(redis_url, tmp_path_factory, 3, "dying", {"FAULT_EXIT_AFTER_REPLIES": "1"})
+    stack = start_stack(redis_url, tmp_path_factory, "dying", {"FAULT_EXIT_AFTER_REPLIES": "1"})
     yield stack
     stack.stop()
     if request.session.testsfailed:
@@ -43,7 +42,7 @@ def test_a_container_that_dies_gives_container_lost_to_the_next_message(dying, d
 
 @pytest.fixture(scope="module")
 def hanging(redis_url, docker_engine, tmp_path_factory, request):
-    stack = start_stack(redis_url, tmp_path_factory, 4, "hanging", {"FAULT_HANG_REPLIES": "1"}, chat_timeout_s=2)
+    stack = start_stack(redis_url, tmp_path_factory, "hanging", {"FAULT_HANG_REPLIES": "1"}, chat_timeout_s=2)
     yield stack
     stack.stop()
     if request.session.testsfailed:

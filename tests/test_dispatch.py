@@ -3,13 +3,12 @@
 import time
 import uuid
 
-import httpx
 import openai
 import pytest
-from celery import Celery
 
 from conftest import wait_until
 from stack import Stack, chat, wait_for_pool
+from pool_manager.settings import load_settings
 from workers.config import make_celery
 
 pytestmark = pytest.mark.timeout(120)
@@ -17,11 +16,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def stack(redis_url, docker_engine, tmp_path_factory, request):
-    folder = tmp_path_factory.mktemp("stack")
-    deployment = f"{__import__('conftest').RUN_ID}-dispatch"
     pool = {"image": "greenroom/chatbot:latest", "command": ["python3", "images/chatbot/server.py"],
             "runtime": "docker", "target_idle": 2, "max_total": 20, "env": {"BOOT_SECONDS": "1"}}
-    running = Stack(f"{redis_url.rsplit('/', 1)[0]}/1", deployment, folder, pool, claim_timeout_s=30,
+    running = Stack(redis_url, "dispatch", tmp_path_factory.mktemp("stack"), pool, claim_timeout_s=30,
                     chat_timeout_s=10, reconcile_interval_s=2, chat_wait_s=20)
     running.start("pool", "chat", "beat", "api")
     yield running
@@ -92,8 +89,7 @@ def test_closing_a_session_removes_its_container_and_the_pool_refills(acme, dock
 
 
 def test_send_task_gets_a_reply_and_its_job_becomes_visible(stack, acme):
-    client = make_celery(__import__("pool_manager.settings", fromlist=["x"]).load_settings(
-        redis_url=stack.env["GREENROOM_REDIS_URL"]))
+    client = make_celery(load_settings(redis_url=stack.redis_url))  # a backend service's own app
     result = client.send_task("greenroom.chat", kwargs={"model": "chatbot", "messages": [
         {"role": "user", "content": "from a backend"}]}, queue="greenroom.chat")
     record = result.get(timeout=30)

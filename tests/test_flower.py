@@ -1,6 +1,7 @@
 """Flower against the project's Celery app (Celery 5.7 is newer than Flower's own test
 matrix): `greenroom flower` and a real `greenroom worker`, as subprocesses."""
 
+import json
 import os
 import secrets
 import signal
@@ -43,7 +44,8 @@ def stack(request, redis_url, deployment, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENROOM_", "FLOWER_"))}
     env |= {"GREENROOM_REDIS_URL": redis_url, "GREENROOM_DEPLOYMENT": deployment,
             "GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_FLOWER_PORT": str(port),
-            "GREENROOM_FLOWER_USER": USER, "GREENROOM_FLOWER_PASSWORD": PASSWORD}
+            "GREENROOM_FLOWER_USER": USER, "GREENROOM_FLOWER_PASSWORD": PASSWORD,
+            "GREENROOM_POOLS": json.dumps({"chatbot": {"command": ["true"], "runtime": "process", "target_idle": 0}})}
     logs = {name: tmp_path / f"{name}.log" for name in ("flower", "worker")}
     processes = [_start(["flower"], env, logs["flower"]),
                  _start(["worker", "--queue", "pool", "--name", worker_name], env, logs["worker"])]
