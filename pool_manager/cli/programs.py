@@ -1,0 +1,152 @@
+"""Commands that become a program of the stack: `api` (gunicorn), `worker`, `beat` and
+`flower` (celery); and the helpers for launching programs that `up` shares."""
+
+import math
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from ..settings import Settings, get_settings
+
+CELERY_APP = "workers.app"
+API_APP = "api:create_app()"
+# Public queue names (workers/names.py), repeated because pool_manager imports no workers code.
+QUEUES = {"chat": "greenroom.chat", "pool": "greenroom.pool"}
+POOL_CONCURRENCY = 4  # maintenance: reconcile passes, session closes
+
+
+def _program(module: str, *args: str) -> list[str]:
+    """argv for a Python program of this environment (the venv's, whatever PATH says)."""
+    return [sys.executable, "-m", module, *args]
+
+
+def _celery(*args: str) -> list[str]:
+    return _program("celery", "-A", CELERY_APP, *args)
+
+
+def _become(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+    """Replace this process with argv."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, os.environ if env is None else env)
+
+
+def _run_together(commands: dict[str, str], env: dict[str, str]) -> int:
+    """Run shell commands side by side under honcho, prefixing their output; when one
+    ends, or on Ctrl-C/SIGTERM, all are stopped. Returns the exit code."""
+    from honcho.manager import Manager
+
+    manager = Manager()
+    for name, command in commands.items():
+        manager.add_process(name, command, env=env)
+    manager.loop()
+    return manager.returncode or 0
+
+
+def _state_dir() -> Path:
+    """Where processes keep local state: the process runtime's records, beat's schedule."""
+    return Path(os.environ.get("GREENROOM_STATE_DIR") or Path(tempfile.gettempdir()) / "greenroom")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _url(host: str, port: int) -> str:
+    """A URL to reach a server bound to host (a wildcard bind is reached on loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{_host_port(shown, port)}"
+
+
+# ---------------------------------------------------------------- api, worker, beat, flower
+
+@click.command()
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Processes.")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Threads per process; each long poll holds one.")
+@click.option("--access-log", is_flag=True, help="Log request lines to stdout (off by default).")
+def api(workers: int, threads: int, access_log: bool) -> None:
+    """The HTTP API under gunicorn, on api_host:api_port."""
+    _become(_api_argv(get_settings(), workers, threads, access_log))
+
+
+def _api_argv(settings: Settings, workers: int, threads: int, access_log: bool) -> list[str]:
+    argv = _program(
+        "gunicorn", "--bind", _host_port(settings.api_host, settings.api_port),
+        "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
+        "--graceful-timeout", str(math.ceil(settings.max_wait_s) + 5),  # let long polls finish
+        "--no-control-socket",
+    )
+    if access_log:
+        argv += ["--access-logfile", "-"]
+    return [*argv, API_APP]
+
+
+@click.command()
+@click.option("--queue", type=click.Choice(["chat", "pool", "all"]), default="all", show_default=True,
+              help="chat: relay chat jobs; pool: maintenance; all: both, as two workers.")
+@click.option("--name", help="Node name (default chat@%h / pool@%h); one queue only.")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(queue: str, name: str | None, loglevel: str) -> None:
+    """A Celery worker (threads pool) for one queue, or one worker per queue.
+
+    Maintenance runs in a worker of its own so that it never waits behind chat jobs that
+    are waiting for a container: `--queue all` starts two workers, not one."""
+    settings = get_settings()
+    if queue != "all":
+        _become(_worker_argv(settings, queue, name, loglevel))
+    if name:
+        raise click.UsageError("--name needs --queue chat or --queue pool")
+    commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel)) for q in QUEUES}
+    sys.exit(_run_together(commands, dict(os.environ)))
+
+
+def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str) -> list[str]:
+    concurrency = settings.chat_concurrency if queue == "chat" else POOL_CONCURRENCY
+    return _celery(
+        "worker", "-Q", QUEUES[queue], "--pool", "threads", "-c", str(concurrency),
+        "-n", name or f"{queue}@%h", "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
+    )
+
+
+@click.command()
+@click.option("--loglevel", default="info", show_default=True)
+def beat(loglevel: str) -> None:
+    """Celery beat: the periodic reconcile of every pool (run exactly one)."""
+    settings = get_settings()
+    folder = _state_dir() / "beat"
+    folder.mkdir(parents=True, exist_ok=True)
+    schedule = folder / f"{settings.deployment}-schedule"
+    _become(_celery("beat", "-s", str(schedule), "--pidfile=", "-l", loglevel))
+
+
+@click.command()
+@click.option("--read-only/--read-write", default=True, show_default=True,
+              help="Read-only hides and refuses revoke, terminate, shutdown, pool and rate-limit changes.")
+def flower(read_only: bool) -> None:
+    """Flower, behind basic auth (flower_user / flower_password), on flower_host:flower_port.
+
+    The credentials reach Flower through FLOWER_BASIC_AUTH in its environment, so they
+    never show in `ps`."""
+    settings = get_settings()
+    argv = _celery("flower", f"--address={settings.flower_host}", f"--port={settings.flower_port}")
+    _become(argv, os.environ | _flower_env(settings, read_only))
+
+
+def _flower_env(settings: Settings, read_only: bool) -> dict[str, str]:
+    if settings.flower_password is None:
+        raise click.ClickException(
+            "Flower needs a password: set GREENROOM_FLOWER_PASSWORD (or flower_password in the "
+            "config file); `greenroom up` makes one for you")
+    password = settings.flower_password.get_secret_value()
+    user = settings.flower_user
+    if not password or "," in password:
+        raise click.ClickException("flower_password must be non-empty and contain no ',' (Flower splits on it)")
+    if not user or ":" in user or "," in user:
+        raise click.ClickException("flower_user must be non-empty and contain no ':' or ','")
+    return {"FLOWER_BASIC_AUTH": f"{user}:{password}", "FLOWER_READ_ONLY": str(read_only).lower()}
