@@ -11,7 +11,7 @@ from pool_manager.settings import Settings
 from .errors import ApiError
 from .services import services
 
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics", "openapi.document", "static"}
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "openapi.document", "static"}
 
 
 def digest(token: str) -> str:

@@ -20,6 +20,7 @@ class Services:
     jobs: JobStore
     pools: PoolManager  # used for Redis-side reads and scaling only
     celery: Celery
+    broker_redis: Redis | None  # for queue depth, when the broker is Redis
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> None:
@@ -30,6 +31,8 @@ class Services:
             jobs=JobStore(redis, settings.deployment, result_ttl_s=settings.result_ttl_s),
             pools=PoolManager(settings, redis),
             celery=make_celery(settings),
+            broker_redis=Redis.from_url(settings.broker, decode_responses=True)
+            if settings.broker.startswith(("redis://", "rediss://", "unix://")) else None,
         )
 
 

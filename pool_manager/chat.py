@@ -40,18 +40,28 @@ class ChatRelay:
         self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session))  # jobs from send_task
         job = self.jobs.get(job_id)
         if job["status"] not in FINAL:
-            try:
-                request = ChatJob(model=model, messages=messages, session_id=session_id, options=options or {})
-                result = self._run(job_id, model, request.model_dump(mode="json")["messages"], session,
-                                   request.options, float(job["created_at"]))
-                self.jobs.succeed(job_id, result)
-            except ValidationError as exc:
-                self.jobs.fail(job_id, "invalid_request", _first_problem(exc))
-            except JobCancelled:
-                pass
-            except GreenroomError as exc:
-                self.jobs.fail(job_id, exc.code, str(exc))
+            self._run_to_end(job_id, model, messages, session, session_id, options, float(job["created_at"]))
         return self.jobs.get(job_id)
+
+    def _run_to_end(self, job_id, model, messages, session, session_id, options, created_at) -> None:
+        """Serve the job and record how it ended; its latency counts in the metrics."""
+        try:
+            request = ChatJob(model=model, messages=messages, session_id=session_id, options=options or {})
+            result = self._run(job_id, model, request.model_dump(mode="json")["messages"], session,
+                               request.options, created_at)
+            self.jobs.succeed(job_id, result)
+            outcome = "succeeded"
+        except ValidationError as exc:
+            self.jobs.fail(job_id, "invalid_request", _first_problem(exc))
+            return
+        except JobCancelled:
+            return
+        except GreenroomError as exc:
+            self.jobs.fail(job_id, exc.code, str(exc))
+            outcome = "failed"
+        if model in self.settings.pools:
+            self.manager.state.incr_stat(model, f"jobs_{outcome}")
+            self.manager.metrics.observe("job_latency_seconds", model, time.time() - created_at)
 
     def _run(self, job_id, model, messages, session, options, created_at) -> dict:
         began = time.time()
@@ -101,14 +111,17 @@ class ChatRelay:
         finally:
             if waiting:
                 self.manager.state.remove_waiting(pool, job_id)
+        waited = (time.monotonic() - began) if waiting else 0.0
         if claim.new:
             self.request_reconcile(pool)  # replace the container just taken, now
+            self.manager.state.incr_stat(pool, "claims_waited" if waiting else "claims_warm")
+            self.manager.metrics.observe("claim_wait_seconds", pool, waited)
         if not self.jobs.transition(job_id, "running", allowed_from=("queued", "waiting_for_container", "running"),
                                     container=claim.container.id):
             if claim.new:
                 self.manager.close_session(session)
             raise JobCancelled(job_id)
-        return claim, (time.monotonic() - began) if waiting else 0.0
+        return claim, waited
 
     def _enter_line(self, job_id: str, pool: str) -> None:
         position = self.manager.state.add_waiting(pool, job_id)

@@ -9,6 +9,7 @@ from redis import RedisError
 
 from .errors import RuntimeFailure
 from .httpclient import is_healthy
+from .metrics import Metrics
 from .ports import PortAllocator
 from .runtimes import Runtime
 from .settings import PoolSpec
@@ -18,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, state: PoolState, ports: PortAllocator):
+    def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics):
         self.state = state
         self.ports = ports
+        self.metrics = metrics
 
     def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
         """Create one container, recorded as warming before the runtime is asked, so
@@ -67,7 +69,7 @@ class Lifecycle:
         if not self.state.move(container, "warming", "idle"):
             return False
         self.state.incr_stat(container.pool, "booted")
-        self.state.incr_stat(container.pool, "boot_ms_total", int((time.time() - container.created_at) * 1000))
+        self.metrics.observe("boot_seconds", container.pool, time.time() - container.created_at)
         return True
 
     def fail(self, container: Container, runtime: Runtime) -> None:

@@ -9,6 +9,7 @@ from redis import Redis
 from .errors import ConfigError, NoIdleContainer, SessionClosed, UnknownPool
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
@@ -38,7 +39,8 @@ class PoolManager:
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, decode_responses=True)
         self.state = PoolState(self.redis, settings.deployment)
-        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range))
+        self.metrics = Metrics(self.redis, settings.deployment)
+        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -126,6 +128,7 @@ class PoolManager:
                 self.state.take_flag(name)
                 report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state, self.lifecycle,
                                        self.close_session, self.settings.claim_timeout_s).run()
+                self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
             finally:
                 self.state.unlock(name, token)
             if not self.state.take_flag(name):

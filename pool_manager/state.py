@@ -36,10 +36,10 @@ return {id, 'new'}
 # that of two racing actors (a boot watcher and a reconcile, say) exactly one wins.
 _MOVE = """
 local from_set, to_set, container = KEYS[1], KEYS[2], KEYS[3]
-local id, state, score = ARGV[1], ARGV[2], ARGV[3]
+local id, state, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('ZREM', from_set, id) == 0 then return 0 end
-if to_set ~= '' then redis.call('ZADD', to_set, score, id) end
-redis.call('HSET', container, 'state', state)
+if to_set ~= '' then redis.call('ZADD', to_set, now, id) end
+redis.call('HSET', container, 'state', state, state .. '_at', now)
 return 1
 """
 

@@ -3,6 +3,7 @@
 import time
 import uuid
 
+import httpx
 import openai
 import pytest
 
@@ -142,3 +143,20 @@ def test_a_claim_starts_its_replacement_without_waiting_for_beat(stack, acme, do
     started = wait_until(lambda: {c.name for c in docker_engine.containers.list(
         filters={"label": "greenroom.pool=chatbot"})} - before, 1.5, interval=0.02, message="replacement")
     assert len(started) == 1
+
+
+def test_metrics_gather_what_every_process_recorded(stack, acme):
+    chat(acme, "count me")
+    text = httpx.get(f"{stack.api_url}/metrics").text  # public, like health
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['greenroom_claims_total{pool="chatbot",served="warm"}'] >= 1  # recorded by the chat worker
+    assert samples['greenroom_jobs_total{outcome="succeeded",pool="chatbot"}'] >= 1
+    assert samples['greenroom_job_latency_seconds_count{pool="chatbot"}'] >= 1
+    assert samples['greenroom_boot_seconds_count{pool="chatbot"}'] >= 2  # recorded by the pool worker
+    assert samples['greenroom_boot_seconds_bucket{le="+Inf",pool="chatbot"}'] == \
+        samples['greenroom_boot_seconds_count{pool="chatbot"}']
+    assert samples['greenroom_reconcile_duration_seconds_count{pool="chatbot"}'] >= 1
+    assert samples['greenroom_target_idle{pool="chatbot"}'] == 2
+    assert 'greenroom_containers{pool="chatbot",state="idle"}' in samples
+    assert 'greenroom_queue_depth{queue="greenroom.chat"}' in samples

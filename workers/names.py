@@ -2,6 +2,7 @@
 
 CHAT_TASK = "greenroom.chat"
 CHAT_QUEUE = "greenroom.chat"
+PING_TASK = "greenroom.ping"  # a no-op on the chat queue: the floor of a Celery round trip
 POOL_QUEUE = "greenroom.pool"
 RECONCILE_TASK = "greenroom.pool.reconcile"
 RECONCILE_ALL_TASK = "greenroom.pool.reconcile_all"

@@ -13,7 +13,7 @@ from pool_manager.manager import PoolManager
 from pool_manager.settings import get_settings
 
 from .app import app
-from .names import CHAT_TASK, CLOSE_SESSION_TASK, POOL_QUEUE, RECONCILE_ALL_TASK, RECONCILE_TASK
+from .names import CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK, RECONCILE_TASK
 
 log = get_task_logger(__name__)
 settings = get_settings()
@@ -56,6 +56,12 @@ def chat(self, model: str, messages: list, session_id: str | None = None, option
     if record["status"] == "failed":
         raise ChatFailed(f"{record['error']['code']}: {record['error']['message']}")
     return record
+
+
+@app.task(name=PING_TASK)
+def ping() -> str:
+    """Does nothing: send_task + get of it measures the bare Celery round trip."""
+    return "pong"
 
 
 @app.task(name=RECONCILE_TASK)
