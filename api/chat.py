@@ -8,6 +8,7 @@ from pool_manager.schemas import ChatJob
 
 from .body import json_object
 from .errors import ApiError
+from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
 from .views import job_view
@@ -29,7 +30,7 @@ def completions():
     fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
               "session_id": session_id, "options": body}
     job = submit(ChatJob.model_validate(fields))
-    job = services().jobs.wait(job["id"], services().settings.chat_wait_s)
+    job = services().jobs.wait(job["id"], services().settings.chat_wait_s, stopping)
     headers = {SESSION_HEADER: job["session_id"]}
     if job["status"] == "succeeded":
         return job["result"], 200, headers

@@ -3,9 +3,9 @@ stack trace, and never a 500 for a client's mistake."""
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,19 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_request", f"{field}: {first['msg']}", field=field)
 
 
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    """Read and drop an oversized body (up to a cap) before answering 413: closing with
+    unread bytes makes the kernel reset the connection, and the client may lose the 413."""
+    if (request.content_length or 0) > DRAIN_LIMIT_BYTES:
+        return
+    stream = request.environ["wsgi.input"]
+    while stream.read(65536):
+        pass
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -41,6 +54,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):
         return _api_error(validation_error(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge):
+        _drain_body()
+        return _http(exc)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -8,6 +8,7 @@ from pool_manager.schemas import ChatJob
 from .auth import visible
 from .body import json_object
 from .errors import ApiError
+from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
 from .views import job_view
@@ -27,7 +28,7 @@ def read(job_id: str):
     job = visible_job(job_id)
     wait = wait_seconds()
     if wait and job["status"] not in FINAL:
-        job = services().jobs.wait(job_id, wait) or job
+        job = services().jobs.wait(job_id, wait, stopping) or job
     return job_view(job)
 
 

@@ -37,6 +37,8 @@ class PoolCollector:
                           {p: self.svc.pools.state.waiting_count(p, self.svc.settings.claim_timeout_s) for p in pools})
         yield self._gauge("greenroom_target_idle", "Idle containers the pool keeps",
                           {p: self.svc.pools.spec(p).target_idle for p in pools})
+        yield self._gauge("greenroom_pool_degraded", "1 while the pool's recent boots all failed (backing off)",
+                          {p: int(self.svc.pools.status(p).degraded) for p in pools})
         yield from self._counters(pools)
         yield from self._histograms(pools)
         if self.broker is not None:

@@ -72,10 +72,12 @@ SCHEMAS = {
     },
     "Pool": {
         "type": "object",
-        "required": ["name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed"],
+        "required": ["name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed",
+                     "degraded"],
         "properties": {"name": {"type": "string"}, "runtime": {"type": "string"},
                        **{k: {"type": "integer"} for k in ("target_idle", "max_total", "idle", "warming",
-                                                            "assigned", "failed", "booted")}},
+                                                            "assigned", "failed", "booted")},
+                       "degraded": {"type": "boolean", "description": "its last boots all failed; backing off"}},
     },
     "PoolChange": {
         "type": "object", "minProperties": 1, "additionalProperties": False,

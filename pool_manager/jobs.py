@@ -8,6 +8,7 @@ A final state is never left: a redelivered job finds its result and does not run
 """
 
 import json
+import threading
 import time
 
 from redis import Redis
@@ -100,13 +101,15 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
 
-    def wait(self, job_id: str, timeout: float) -> dict | None:
-        """The job once final, or as it stands when timeout passes (long polling)."""
+    def wait(self, job_id: str, timeout: float, stop: threading.Event | None = None) -> dict | None:
+        """The job once final, or as it stands when timeout passes or stop is set (long polling)."""
         deadline = time.monotonic() + timeout
         with self.redis.pubsub(ignore_subscribe_messages=True) as events:
             events.subscribe(self.channel(job_id))  # subscribe first, then read: no event is missed
             job = self.get(job_id)
             while job and job["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
-                if events.get_message(timeout=min(left, 1.0)):
+                if stop is not None and stop.is_set():
+                    break
+                if events.get_message(timeout=min(left, 0.25)):
                     job = self.get(job_id)
         return self.get(job_id) if job else None

@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics):
+    def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics, backoff_s: tuple[float, float]):
         self.state = state
         self.ports = ports
         self.metrics = metrics
+        self.backoff_s = backoff_s  # (first, longest) pause after consecutive boot failures
 
     def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
         """Create one container, recorded as warming before the runtime is asked, so
@@ -68,7 +69,7 @@ class Lifecycle:
     def promote(self, container: Container) -> bool:
         if not self.state.move(container, "warming", "idle"):
             return False
-        self.state.incr_stat(container.pool, "booted")
+        self.state.boot_succeeded(container.pool)
         self.metrics.observe("boot_seconds", container.pool, time.time() - container.created_at)
         return True
 
@@ -76,7 +77,12 @@ class Lifecycle:
         """A container that never became healthy: destroyed and counted, exactly once."""
         if self.state.move(container, "warming", None):
             self.destroy(container, runtime)
-            self.state.incr_stat(container.pool, "failed")
+            self.count_failure(container)
+
+    def count_failure(self, container: Container) -> None:
+        delay = self.state.boot_failed(container.pool, *self.backoff_s)
+        log.warning("pool %s: %s never became healthy; next boot in %.0fs at the earliest",
+                    container.pool, container.id, delay)
 
     def destroy(self, container: Container, runtime: Runtime) -> None:
         """Take it out of service at once, then remove it. If the runtime fails, its record

@@ -19,6 +19,7 @@ from .state import Claim, PoolState
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after it
 SCALABLE = ("target_idle", "max_total")
+DEGRADED_AFTER = 3  # consecutive failed boots
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class PoolStatus:
     assigned: int
     failed: int
     booted: int
+    degraded: bool  # its last DEGRADED_AFTER boots all failed
 
 
 class PoolManager:
@@ -40,7 +42,8 @@ class PoolManager:
         self.redis = redis or Redis.from_url(settings.redis_url, decode_responses=True)
         self.state = PoolState(self.redis, settings.deployment)
         self.metrics = Metrics(self.redis, settings.deployment)
-        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics)
+        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
+                                   settings.boot_backoff_s)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -143,7 +146,8 @@ class PoolManager:
         spec, counts, stats = self.spec(pool), self.state.counts(pool), self.state.stats(pool)
         runtime = self.redis.hget(self.state.key("pool", pool, "info"), "runtime") or spec.runtime
         return PoolStatus(pool, runtime, spec.target_idle, spec.max_total, counts["idle"],
-                          counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0))
+                          counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0),
+                          stats.get("consecutive_failures", 0) >= DEGRADED_AFTER)
 
     def scale(self, pool: str, **values: int) -> PoolSpec:
         """Change target_idle and/or max_total at run time; validated like the file."""

@@ -65,6 +65,9 @@ class ReconcilePass:
                 self.state.end_session(container.session, "broken")
             self.lifecycle.destroy(container, self.runtime)
             self.report.forgotten += 1
+            if container.state == "warming":  # it crashed while booting
+                self.lifecycle.count_failure(container)
+                self.report.failed += 1
 
     def adopt_unknown(self, known: dict[str, Container], live: dict[str, Instance]) -> None:
         """Live, labelled containers Redis does not know (a manager crash, a Redis flush):
@@ -128,8 +131,8 @@ class ReconcilePass:
         deficit = demand - counts["idle"] - counts["warming"]
         room = self.spec.max_total - sum(counts.values())
         wanted = max(0, min(deficit, room))
-        if not wanted:
-            return
+        if not wanted or time.time() < self.state.backoff_until(self.pool):
+            return  # nothing to do, or backing off after boot failures
         with ThreadPoolExecutor(min(wanted, MAX_PARALLEL)) as pool:
             started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
                                     range(wanted)))

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     docker_host: str | None = None  # defaults to DOCKER_HOST, then the local socket
     port_range: tuple[int, int] = (20000, 29999)
     reconcile_interval_s: float = Field(5.0, gt=0)  # beat's safety-net pass
+    boot_backoff_s: tuple[float, float] = (1.0, 60.0)  # pause after a failed boot: first, longest
     claim_timeout_s: float = Field(300, gt=0)  # how long a job waits for a container
     chat_timeout_s: float = Field(120, gt=0)  # how long a container may take to reply
     result_ttl_s: int = Field(86400, gt=0)  # how long finished jobs can be polled
@@ -111,6 +112,13 @@ class Settings(BaseSettings):
         if not 1024 <= low < high <= 65535:
             raise ValueError("port_range must be two ports, low < high, within 1024-65535")
         return ports
+
+    @field_validator("boot_backoff_s")
+    @classmethod
+    def _backoff(cls, pauses: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < pauses[0] <= pauses[1]:
+            raise ValueError("boot_backoff_s must be (first, longest) with 0 < first <= longest")
+        return pauses
 
     @property
     def broker(self) -> str:

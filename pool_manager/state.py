@@ -189,6 +189,27 @@ class PoolState:
     def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:
         self.redis.hincrby(self.key("pool", pool, "stats"), name, amount)
 
+    def boot_succeeded(self, pool: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(self.key("pool", pool, "stats"), "booted", 1)
+            pipe.hset(self.key("pool", pool, "stats"), "consecutive_failures", 0)
+            pipe.hset(self.key("pool", pool, "info"), "backoff_until", 0)
+            pipe.execute()
+
+    def boot_failed(self, pool: str, base_s: float, max_s: float) -> float:
+        """Count a failed boot and back off exponentially before the next; returns the delay."""
+        stats = self.key("pool", pool, "stats")
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(stats, "failed", 1)
+            pipe.hincrby(stats, "consecutive_failures", 1)
+            failures = pipe.execute()[1]
+        delay = min(base_s * 2 ** (failures - 1), max_s)
+        self.redis.hset(self.key("pool", pool, "info"), "backoff_until", time.time() + delay)
+        return delay
+
+    def backoff_until(self, pool: str) -> float:
+        return float(self.redis.hget(self.key("pool", pool, "info"), "backoff_until") or 0)
+
     def stats(self, pool: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "stats")).items()}
 

@@ -122,11 +122,12 @@ def make_manager(request, redis_url, deployment, tmp_path):
     managers = []
     os.environ["GREENROOM_STATE_DIR"] = str(tmp_path / "process-runtime")
 
-    def build(runtime="docker", **spec_fields) -> PoolManager:
+    def build(runtime="docker", settings: dict | None = None, **spec_fields) -> PoolManager:
         if runtime == "docker":
             request.getfixturevalue("docker_engine")
         spec = reference_pool(runtime=runtime, **{"env": {"BOOT_SECONDS": "1"}} | spec_fields)
-        settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec})
+        settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec},
+                                 **(settings or {}))
         manager = PoolManager(settings)
         managers.append(manager)
         return manager

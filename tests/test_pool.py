@@ -1,6 +1,7 @@
 """Claim and reconcile against a real Redis and real containers of the reference image."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -177,3 +178,18 @@ def test_process_runtime_serves_a_pool(make_manager):
     claim = manager.claim(POOL, "s-proc")
     assert claim.container.endpoint.startswith("http://127.0.0.1:")
     assert manager.status(POOL).runtime == "process"
+
+
+def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, docker_engine):
+    manager = make_manager(target_idle=2, env={"FAULT_CRASH_AT_BOOT": "1"}, settings={"boot_backoff_s": (0.5, 4)})
+    started, passes = 0, 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:  # a tight reconcile loop, as a crash loop would drive it
+        started += manager.reconcile(POOL).started
+        passes += 1
+        time.sleep(0.2)
+    status = manager.status(POOL)
+    assert status.degraded and status.failed >= 4
+    assert passes >= 20 and started <= 14  # without backoff: 2 a pass
+    manager.reconcile(POOL)
+    assert len([c for c in labelled(docker_engine, manager)]) <= 2  # crashed ones are removed

@@ -27,7 +27,7 @@ def pool_status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    columns = ("name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed")
+    columns = ("name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed", "degraded")
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     for line in [dict(zip(columns, columns)), *rows]:
         click.echo("  ".join(str(line[c]).ljust(w) for c, w in zip(columns, widths)).rstrip())

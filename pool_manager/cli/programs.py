@@ -1,7 +1,6 @@
 """Commands that become a program of the stack: `api` (gunicorn), `worker`, `beat` and
 `flower` (celery); and the helpers for launching programs that `up` shares."""
 
-import math
 import os
 import shlex
 import sys
@@ -79,7 +78,8 @@ def _api_argv(settings: Settings, workers: int, threads: int, access_log: bool) 
     argv = _program(
         "gunicorn", "--bind", _host_port(settings.api_host, settings.api_port),
         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
-        "--graceful-timeout", str(math.ceil(settings.max_wait_s) + 5),  # let long polls finish
+        "--config", "python:api.gunicorn_conf",  # a stopping worker ends its long polls at once
+        "--graceful-timeout", "10",
         "--no-control-socket",
     )
     if access_log:
