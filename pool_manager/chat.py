@@ -59,24 +59,29 @@ class ChatRelay:
         except GreenroomError as exc:
             self.jobs.fail(job_id, exc.code, str(exc))
             outcome = "failed"
+        except Exception:  # a bug must not leave the job "running" forever
+            log.exception("job %s: unexpected error", job_id)
+            self.jobs.fail(job_id, "internal_error", "internal error; the worker log has details")
+            raise
         if model in self.settings.pools:
             self.manager.state.incr_stat(model, f"jobs_{outcome}")
             self.manager.metrics.observe("job_latency_seconds", model, time.time() - created_at)
 
     def _run(self, job_id, model, messages, session, options, created_at) -> dict:
         began = time.time()
-        claim, waited = self._claim(job_id, model, session)
+        deadline = time.monotonic() + self.settings.claim_timeout_s  # for every wait of this job together
+        claim, waited = self._claim(job_id, model, session, deadline)
         try:
-            reply, in_container = self._relay(job_id, claim, session, model, messages, options)
+            reply, in_container = self._relay(job_id, claim, session, model, messages, options, deadline)
         except ContainerLost as exc:
             self.manager.close_session(session, reason="broken")
             if not claim.new or isinstance(exc, ContainerTimeout):
                 raise
             log.warning("job %s: container %s lost on a first message; retrying once", job_id, claim.container.id)
             self.manager.state.discard_session(session)
-            claim, waited_again = self._claim(job_id, model, session)
+            claim, waited_again = self._claim(job_id, model, session, deadline)
             waited += waited_again
-            reply, in_container = self._relay(job_id, claim, session, model, messages, options)
+            reply, in_container = self._relay(job_id, claim, session, model, messages, options, deadline)
         finished = time.time()
         reply["greenroom"] = {
             "job_id": job_id, "session_id": session, "container": claim.container.id,
@@ -86,11 +91,10 @@ class ChatRelay:
         }
         return reply
 
-    def _claim(self, job_id: str, pool: str, session: str) -> tuple[Claim, float]:
+    def _claim(self, job_id: str, pool: str, session: str, deadline: float) -> tuple[Claim, float]:
         """Claim at once, or wait in line while the pool boots more; the wait is 0.0 when
         a container was ready."""
         began = time.monotonic()
-        deadline = began + self.settings.claim_timeout_s
         waiting = False
         next_check = began
         try:
@@ -138,9 +142,9 @@ class ChatRelay:
             self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
                                  position=position)
 
-    def _relay(self, job_id, claim: Claim, session, model, messages, options) -> tuple[dict, float]:
+    def _relay(self, job_id, claim: Claim, session, model, messages, options, deadline) -> tuple[dict, float]:
         """POST the messages to the container, one message of a session at a time."""
-        with self._session_turn(job_id, session):
+        with self._session_turn(job_id, session, deadline):
             self.manager.renew(claim)
             began = time.monotonic()
             body = options | {"model": model, "messages": messages}
@@ -155,13 +159,15 @@ class ChatRelay:
             self.manager.renew(claim)
         if response.status_code != 200:
             raise ModelError(f"model server answered {response.status_code}: {response.text[:500]}")
-        return response.json(), in_container
+        try:
+            return response.json(), in_container
+        except ValueError as exc:
+            raise ModelError("model server answered 200 with a body that is not JSON") from exc
 
     @contextmanager
-    def _session_turn(self, job_id: str, session: str):
+    def _session_turn(self, job_id: str, session: str, deadline: float):
         name = f"session:{session}"
         hold_s = self.settings.chat_timeout_s + 10
-        deadline = time.monotonic() + self.settings.claim_timeout_s
         while not self.manager.state.try_lock(name, job_id, hold_s):
             if time.monotonic() > deadline:
                 raise SessionBusy(f"session {session!r} stayed busy for {self.settings.claim_timeout_s}s")

@@ -127,12 +127,12 @@ class Settings(BaseSettings):
     @property
     def chat_time_limit_s(self) -> float:
         """A chat job's hard limit: a full wait for a container plus two relays (the retry)."""
-        return self.claim_timeout_s + 2 * self.chat_timeout_s + 30
+        return self.claim_timeout_s + 2 * self.chat_timeout_s + 10
 
     @property
     def visibility_timeout_s(self) -> int:
         """Longer than the longest task, or running jobs would be redelivered (celery#5935)."""
-        return int(self.chat_time_limit_s + 60)
+        return int(self.chat_time_limit_s + 10)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
