@@ -9,7 +9,10 @@ from .names import CHAT_QUEUE, POOL_QUEUE, RECONCILE_ALL_TASK
 
 
 def celery_config(settings: Settings) -> dict:
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    # A message whose worker died returns to its queue once visibility_timeout passes; the
+    # sweep that returns it runs every 5 s rather than kombu's default of every 100 s.
+    transport = {"visibility_timeout": settings.visibility_timeout_s,
+                 "unacked_restore_interval": 5, "unacked_restore_throttle": 1}
     return dict(
         broker_url=settings.broker,
         result_backend=settings.redis_url,
