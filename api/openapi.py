@@ -77,7 +77,9 @@ SCHEMAS = {
         "properties": {"name": {"type": "string"}, "runtime": {"type": "string"},
                        **{k: {"type": "integer"} for k in ("target_idle", "max_total", "idle", "warming",
                                                             "assigned", "failed", "booted")},
-                       "degraded": {"type": "boolean", "description": "its last boots all failed; backing off"}},
+                       "degraded": {"type": "boolean",
+                                    "description": "its last boots all failed (backing off), or its runtime fails"},
+                       "runtime_error": {"type": ["string", "null"]}},
     },
     "PoolChange": {
         "type": "object", "minProperties": 1, "additionalProperties": False,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from .errors import ConfigError, NoIdleContainer, SessionClosed, UnknownPool
+from .errors import ConfigError, NoIdleContainer, RuntimeFailure, SessionClosed, UnknownPool
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -33,7 +33,8 @@ class PoolStatus:
     assigned: int
     failed: int
     booted: int
-    degraded: bool  # its last DEGRADED_AFTER boots all failed
+    degraded: bool  # its last DEGRADED_AFTER boots all failed, or its runtime is failing
+    runtime_error: str | None  # why the last reconcile could not reach the runtime
 
 
 class PoolManager:
@@ -69,7 +70,7 @@ class PoolManager:
             name = spec.runtime
             if name == "auto":
                 name = "docker" if spec.image and self.runtime("docker").ping() else "process"
-            self.redis.hset(self.state.key("pool", pool, "info"), "runtime", name)
+            self.state.set_info(pool, runtime=name)
             self._resolved[pool] = name
         return self._resolved[pool]
 
@@ -129,13 +130,23 @@ class PoolManager:
                 return report
             try:
                 self.state.take_flag(name)
-                report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state, self.lifecycle,
-                                       self.close_session, self.settings.claim_timeout_s).run()
-                self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
+                report = self._pass(pool)
             finally:
                 self.state.unlock(name, token)
             if not self.state.take_flag(name):
                 return report
+
+    def _pass(self, pool: str) -> ReconcileReport:
+        """One pass; a runtime that fails it is recorded for status readers until one succeeds."""
+        try:
+            report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state, self.lifecycle,
+                                   self.close_session, self.settings.claim_timeout_s).run()
+        except RuntimeFailure as exc:
+            self.state.set_info(pool, runtime_error=str(exc)[:500])
+            raise
+        self.state.set_info(pool, runtime_error="")
+        self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
+        return report
 
     def reconcile_all(self) -> list[ReconcileReport]:
         return [r for r in (self.reconcile(pool) for pool in self.settings.pools) if r]
@@ -143,11 +154,12 @@ class PoolManager:
     # operators
     def status(self, pool: str) -> PoolStatus:
         """Read from Redis alone: the API can show it without any runtime."""
-        spec, counts, stats = self.spec(pool), self.state.counts(pool), self.state.stats(pool)
-        runtime = self.redis.hget(self.state.key("pool", pool, "info"), "runtime") or spec.runtime
-        return PoolStatus(pool, runtime, spec.target_idle, spec.max_total, counts["idle"],
+        spec, counts, stats, info = self.spec(pool), self.state.counts(pool), self.state.stats(pool), self.state.info(pool)
+        runtime_error = info.get("runtime_error") or None
+        return PoolStatus(pool, info.get("runtime") or spec.runtime, spec.target_idle, spec.max_total, counts["idle"],
                           counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0),
-                          stats.get("consecutive_failures", 0) >= DEGRADED_AFTER)
+                          stats.get("consecutive_failures", 0) >= DEGRADED_AFTER or runtime_error is not None,
+                          runtime_error)
 
     def scale(self, pool: str, **values: int) -> PoolSpec:
         """Change target_idle and/or max_total at run time; validated like the file."""

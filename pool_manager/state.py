@@ -204,11 +204,18 @@ class PoolState:
             pipe.hincrby(stats, "consecutive_failures", 1)
             failures = pipe.execute()[1]
         delay = min(base_s * 2 ** (failures - 1), max_s)
-        self.redis.hset(self.key("pool", pool, "info"), "backoff_until", time.time() + delay)
+        self.set_info(pool, backoff_until=time.time() + delay)
         return delay
 
     def backoff_until(self, pool: str) -> float:
-        return float(self.redis.hget(self.key("pool", pool, "info"), "backoff_until") or 0)
+        return float(self.info(pool).get("backoff_until") or 0)
+
+    def info(self, pool: str) -> dict[str, str]:
+        """What the workers last learnt of the pool: its runtime, backoff, runtime error."""
+        return self.redis.hgetall(self.key("pool", pool, "info"))
+
+    def set_info(self, pool: str, **fields: str) -> None:
+        self.redis.hset(self.key("pool", pool, "info"), mapping=fields)
 
     def stats(self, pool: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "stats")).items()}
