@@ -110,7 +110,8 @@ class ChatRelay:
                         self._check_still_wanted(job_id, pool)
                         next_check = now + CHECK_S
                     if now > deadline:
-                        raise ClaimTimeout(f"no {pool!r} container became free in {self.settings.claim_timeout_s}s")
+                        raise ClaimTimeout(
+                            f"no {pool!r} container became free in {self.settings.claim_timeout_s}s") from None
                     time.sleep(POLL_S)
         finally:
             if waiting:

@@ -154,7 +154,8 @@ class PoolManager:
     # operators
     def status(self, pool: str) -> PoolStatus:
         """Read from Redis alone: the API can show it without any runtime."""
-        spec, counts, stats, info = self.spec(pool), self.state.counts(pool), self.state.stats(pool), self.state.info(pool)
+        spec, counts = self.spec(pool), self.state.counts(pool)
+        stats, info = self.state.stats(pool), self.state.info(pool)
         runtime_error = info.get("runtime_error") or None
         return PoolStatus(pool, info.get("runtime") or spec.runtime, spec.target_idle, spec.max_total, counts["idle"],
                           counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0),

@@ -151,7 +151,7 @@ class PoolState:
         with self.redis.pipeline(transaction=False) as pipe:
             for state in STATES:
                 pipe.zcard(self.state_key(pool, state))
-            return dict(zip(STATES, pipe.execute()))
+            return dict(zip(STATES, pipe.execute(), strict=True))
 
     # sessions and leases
     def claim(self, pool: str, session_id: str, lease_s: float) -> Claim | str:
