@@ -135,7 +135,8 @@ class Settings(BaseSettings):
         return int(self.chat_time_limit_s + 10)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *_other_sources):
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path := os.environ.get("GREENROOM_CONFIG"):
             if not Path(path).is_file():
