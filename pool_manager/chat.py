@@ -40,16 +40,15 @@ class ChatRelay:
         self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session))  # jobs from send_task
         job = self.jobs.get(job_id)
         if job["status"] not in FINAL:
-            self._run_to_end(job_id, model, messages, session, session_id, options, float(job["created_at"]))
+            fields = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
+            self._run_to_end(job_id, session, float(job["created_at"]), fields)
         return self.jobs.get(job_id)
 
-    def _run_to_end(self, job_id, model, messages, session, session_id, options, created_at) -> None:
+    def _run_to_end(self, job_id: str, session: str, created_at: float, fields: dict) -> None:
         """Serve the job and record how it ended; its latency counts in the metrics."""
         try:
-            request = ChatJob(model=model, messages=messages, session_id=session_id, options=options or {})
-            result = self._run(job_id, model, request.model_dump(mode="json")["messages"], session,
-                               request.options, created_at)
-            self.jobs.succeed(job_id, result)
+            request = ChatJob(**fields)
+            self.jobs.succeed(job_id, self._run(job_id, request, session, created_at))
             outcome = "succeeded"
         except ValidationError as exc:
             self.jobs.fail(job_id, "invalid_request", _first_problem(exc))
@@ -63,16 +62,18 @@ class ChatRelay:
             log.exception("job %s: unexpected error", job_id)
             self.jobs.fail(job_id, "internal_error", "internal error; the worker log has details")
             raise
-        if model in self.settings.pools:
-            self.manager.state.incr_stat(model, f"jobs_{outcome}")
-            self.manager.metrics.observe("job_latency_seconds", model, time.time() - created_at)
+        if request.model in self.settings.pools:
+            self.manager.state.incr_stat(request.model, f"jobs_{outcome}")
+            self.manager.metrics.observe("job_latency_seconds", request.model, time.time() - created_at)
 
-    def _run(self, job_id, model, messages, session, options, created_at) -> dict:
+    def _run(self, job_id: str, request: ChatJob, session: str, created_at: float) -> dict:
+        model = request.model
+        body = request.options | {"model": model, "messages": request.model_dump(mode="json")["messages"]}
         began = time.time()
         deadline = time.monotonic() + self.settings.claim_timeout_s  # for every wait of this job together
         claim, waited = self._claim(job_id, model, session, deadline)
         try:
-            reply, in_container = self._relay(job_id, claim, session, model, messages, options, deadline)
+            reply, in_container = self._relay(job_id, claim, session, body, deadline)
         except ContainerLost as exc:
             self.manager.close_session(session, reason="broken")
             if not claim.new or isinstance(exc, ContainerTimeout):
@@ -81,7 +82,7 @@ class ChatRelay:
             self.manager.state.discard_session(session)
             claim, waited_again = self._claim(job_id, model, session, deadline)
             waited += waited_again
-            reply, in_container = self._relay(job_id, claim, session, model, messages, options, deadline)
+            reply, in_container = self._relay(job_id, claim, session, body, deadline)
         finished = time.time()
         reply["greenroom"] = {
             "job_id": job_id, "session_id": session, "container": claim.container.id,
@@ -143,12 +144,11 @@ class ChatRelay:
             self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
                                  position=position)
 
-    def _relay(self, job_id, claim: Claim, session, model, messages, options, deadline) -> tuple[dict, float]:
+    def _relay(self, job_id: str, claim: Claim, session: str, body: dict, deadline: float) -> tuple[dict, float]:
         """POST the messages to the container, one message of a session at a time."""
         with self._session_turn(job_id, session, deadline):
             self.manager.renew(claim)
             began = time.monotonic()
-            body = options | {"model": model, "messages": messages}
             try:
                 response = http_client().post(f"{claim.container.endpoint}/v1/chat/completions", json=body,
                                               timeout=self.settings.chat_timeout_s)
