@@ -6,6 +6,7 @@
     ├── NoIdleContainer        a claim found the pool empty (callers wait and retry)
     ├── SessionBusy            another message of the session is being relayed
     ├── SessionClosed          the session ended or its container is gone
+    ├── SessionModelMismatch   a session's message named another model
     ├── ClaimTimeout           no container became free within claim_timeout_s
     ├── JobCancelled           the job was cancelled while it waited
     ├── ContainerLost          the container died or stopped answering mid-job
@@ -40,6 +41,10 @@ class SessionBusy(GreenroomError):
 
 class SessionClosed(GreenroomError):
     code = "session_closed"
+
+
+class SessionModelMismatch(GreenroomError):
+    code = "session_model_mismatch"
 
 
 class ClaimTimeout(GreenroomError):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from .errors import ConfigError, NoIdleContainer, RuntimeFailure, SessionClosed, UnknownPool
+from .errors import ConfigError, NoIdleContainer, RuntimeFailure, SessionClosed, SessionModelMismatch, UnknownPool
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -86,10 +86,12 @@ class PoolManager:
     # sessions
     def claim(self, pool: str, session_id: str) -> Claim:
         """The session's container: its own if it has one, else an idle one, atomically.
-        Raises NoIdleContainer (wait and retry) or SessionClosed."""
+        Raises NoIdleContainer (wait and retry), SessionClosed or SessionModelMismatch."""
         spec = self.spec(pool)
         result = self.state.claim(pool, session_id, spec.session_idle_ttl_s)
         if isinstance(result, Claim):
+            if result.container.pool != pool:
+                raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
             return result
         if result == "empty":
             raise NoIdleContainer(f"pool {pool!r} has no idle container")

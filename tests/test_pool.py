@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import wait_until
-from pool_manager.errors import NoIdleContainer, SessionClosed
+from pool_manager.errors import NoIdleContainer, SessionClosed, SessionModelMismatch
 from pool_manager.manager import PoolManager
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,3 +193,13 @@ def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, do
     assert passes >= 20 and started <= 14  # without backoff: 2 a pass
     manager.reconcile(POOL)
     assert len([c for c in labelled(docker_engine, manager)]) <= 2  # crashed ones are removed
+
+
+def test_a_session_keeps_to_its_model(make_manager):
+    manager = make_manager("process", target_idle=1)
+    fill(manager, 1)
+    pools = manager.settings.pools | {"other": manager.settings.pools[POOL]}
+    two_pools = PoolManager(manager.settings.model_copy(update={"pools": pools}))
+    two_pools.claim(POOL, "s-model")
+    with pytest.raises(SessionModelMismatch):
+        two_pools.claim("other", "s-model")
