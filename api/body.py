@@ -1,9 +1,12 @@
-"""Reading a JSON request body strictly: the right content type, valid UTF-8, valid JSON,
-an object, within the size limit (Flask's MAX_CONTENT_LENGTH answers 413)."""
+"""Reading a JSON request body strictly: the right content type, valid UTF-8, valid JSON
+(not NaN or Infinity, which Python would take), an object, within the size limit (Flask's
+MAX_CONTENT_LENGTH answers 413, for a chunked body too)."""
 
 import json
+import math
 
-from flask import request
+from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError
 
@@ -14,8 +17,12 @@ def json_object() -> dict:
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = request.get_data(cache=True)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(raw) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()  # chunked: werkzeug stops reading at the limit, silently
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8") from None
     except RecursionError:
@@ -27,6 +34,17 @@ def json_object() -> dict:
     if _depth(body) > MAX_DEPTH:
         raise ApiError(400, "invalid_json", f"the body is nested deeper than {MAX_DEPTH} levels")
     return body
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _depth(value, level: int = 1) -> int:

@@ -2,9 +2,11 @@
 then answers 202 with the job id to poll. The session travels as `session_id` in the
 body (the OpenAI client's extra_body) or the X-Greenroom-Session header."""
 
+import re
+
 from flask import Blueprint, request, url_for
 
-from pool_manager.schemas import ChatJob
+from pool_manager.schemas import ID_PATTERN, ChatJob
 
 from .body import json_object
 from .errors import ApiError
@@ -25,9 +27,17 @@ FAILURE_STATUS = {"no_container_available": 503, "container_lost": 502, "contain
 @bp.post("/completions")
 def completions():
     body = json_object()
-    if body.pop("stream", False):
+    stream = body.pop("stream", None)
+    if stream is True:
         raise ApiError(422, "invalid_request", "stream: streaming is not supported", field="stream")
-    session_id = body.pop("session_id", None) or request.headers.get(SESSION_HEADER)
+    if stream is not None and stream is not False:  # 0, "" or {} are not false
+        raise ApiError(422, "invalid_request", "stream: must be false", field="stream")
+    session_id = body.pop("session_id", None)  # an empty one is invalid, not absent
+    header = request.headers.get(SESSION_HEADER)
+    if header is not None and not re.fullmatch(ID_PATTERN, header):  # checked even when the body wins
+        raise ApiError(422, "invalid_request", f"{SESSION_HEADER}: must match {ID_PATTERN}", field=SESSION_HEADER)
+    if session_id is None:
+        session_id = header
     fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
               "session_id": session_id, "options": body}
     job = submit(ChatJob.model_validate(fields))

@@ -41,9 +41,9 @@ def _drain_body() -> None:
     unread bytes makes the kernel reset the connection, and the client may lose the 413."""
     if (request.content_length or 0) > DRAIN_LIMIT_BYTES:
         return
-    stream = request.environ["wsgi.input"]
-    while stream.read(65536):
-        pass
+    stream, drained = request.environ["wsgi.input"], 0
+    while drained < DRAIN_LIMIT_BYTES and (chunk := stream.read(65536)):  # the cap for a chunked body
+        drained += len(chunk)
 
 
 def init_app(app: Flask) -> None:

@@ -1,157 +1,251 @@
 """GET /openapi.json: the API described, request schemas drawn from the same pydantic
-models that validate the requests."""
+models that validate the requests. It is built per request from the settings, so the
+limits it states (the longest ?wait=, the models there are) are this deployment's.
+tests/test_fuzz.py fuzzes the API from it and fails where the API and it disagree."""
 
 from flask import Blueprint
 
-from pool_manager.schemas import ChatJob
+from pool_manager.schemas import ID_PATTERN, RESERVED_OPTIONS, ChatJob
+from pool_manager.settings import NAME, Settings
+
+from .services import services
 
 bp = Blueprint("openapi", __name__)
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
+JOB_STATES = ["queued", "waiting_for_container", "running", "succeeded", "failed", "cancelled"]
+SESSION_STATES = ["starting", "active", "closing", "closed", "broken"]
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _body(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _body(schema: dict, description: str, **headers: dict) -> dict:
+    response = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
 
 
-ERROR = _body(_ref("Error"), "An error")
-ERRORS = {str(code): ERROR for code in (400, 401, 404, 413, 415, 422)}
-NUMBER_OR_NULL = {"type": ["number", "null"]}
+def _header(description: str) -> dict:
+    return {"description": description, "required": True, "schema": {"type": "string"}}
 
-SCHEMAS = {
-    "Error": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
-            "job_id": {"type": "string"}}}},
-    },
-    "Job": {
-        "type": "object", "required": ["id", "status", "model", "session_id", "created_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"enum": ["queued", "waiting_for_container", "running", "succeeded", "failed", "cancelled"]},
-            "model": {"type": "string"}, "session_id": {"type": "string"},
-            "created_at": {"type": "number"}, "finished_at": {"type": "number"},
-            "position": {"type": "integer", "description": "place in line while waiting_for_container"},
-            "result": _ref("ChatCompletion"),
-            "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-        },
-    },
-    "ChatCompletion": {
-        "type": "object", "required": ["object", "choices"],
-        "description": "The model server's OpenAI chat.completion, plus greenroom's metadata.",
-        "properties": {
-            "object": {"type": "string"}, "choices": {"type": "array"}, "model": {"type": "string"},
-            "greenroom": {"type": "object", "properties": {
-                "job_id": {"type": "string"}, "session_id": {"type": "string"}, "container": {"type": "string"},
-                "warm": {"type": "boolean"}, "new_session": {"type": "boolean"},
-                "timings": {"type": "object", "properties": {
-                    k: {"type": "number"} for k in ("queued_s", "waited_for_container_s", "in_container_s", "total_s")
-                }},
-            }},
-        },
-    },
-    "OpenAIChatRequest": {
-        "type": "object", "required": ["model", "messages"],
-        "description": "An OpenAI chat-completion request; other fields pass to the model server.",
-        "properties": {
-            "model": {"type": "string"}, "messages": {"type": "array", "items": _ref("Message"), "minItems": 1},
-            "session_id": {"type": "string"}, "stream": {"const": False},
-        },
-    },
-    "Session": {
-        "type": "object", "required": ["id", "state"],
-        "properties": {"id": {"type": "string"}, "state": {"type": ["string", "null"]},
-                       "model": {"type": ["string", "null"]}, "container": {"type": "string"},
-                       "created_at": {"type": "number"}},
-    },
-    "Pool": {
-        "type": "object",
-        "required": ["name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed",
-                     "degraded"],
-        "properties": {"name": {"type": "string"}, "runtime": {"type": "string"},
-                       **{k: {"type": "integer"} for k in ("target_idle", "max_total", "idle", "warming",
-                                                            "assigned", "failed", "booted")},
-                       "degraded": {"type": "boolean",
-                                    "description": "its last boots all failed (backing off), or its runtime fails"},
-                       "runtime_error": {"type": ["string", "null"]}},
-    },
-    "PoolChange": {
-        "type": "object", "minProperties": 1, "additionalProperties": False,
-        "properties": {"target_idle": {"type": "integer", "minimum": 0},
-                       "max_total": {"type": "integer", "minimum": 1}},
-    },
+
+LOCATION = _header("where to poll the job: /v1/jobs/<id>")
+SESSION = _header("the job's session id, to continue the conversation")
+
+# Why each error status can happen; an operation lists only those it can answer.
+ERROR_REASONS = {
+    400: "The request could not be parsed, or its body is not valid JSON (or not UTF-8, or nested deeper "
+         "than 32 levels)",
+    401: "No valid bearer token",
+    403: "The token's tenant is not an admin",
+    404: "No such resource visible to this tenant (another tenant's reads as absent), or an unknown model",
+    409: "Conflict with the resource's state",
+    413: "The body is larger than max_body_bytes",
+    414: "The request line is longer than 4094 bytes",
+    415: "The body is not application/json",
+    422: "The request breaks the schema or a rule it cannot state; error.field names the culprit",
+    431: "The request headers are too many (over 100) or one is longer than 8190 bytes",
+    502: "The model server failed or the container was lost",
+    503: "No container became free in time, or the job queue is unreachable",
+    504: "The model server did not reply in time",
 }
+# Any request can get these: the HTTP server refuses what it cannot parse.
+ANY_ERRORS = (400, 414, 431)
+BODY_ERRORS = (413, 415, 422)
 
 
-def _schemas() -> dict:
-    job_schema = ChatJob.model_json_schema(ref_template=REF)
-    nested = job_schema.pop("$defs", {})
-    return SCHEMAS | nested | {"ChatJob": job_schema}
+def _errors(*codes: int) -> dict:
+    return {str(code): _body(_ref("Error"), ERROR_REASONS[code]) for code in sorted({*codes, *ANY_ERRORS})}
 
 
-ID = {"type": "string", "maxLength": 128}
+def _schemas(settings: Settings) -> dict:
+    models = list(settings.pools)
+    job = ChatJob.model_json_schema(ref_template=REF)
+    nested = job.pop("$defs", {})
+    # The models are this deployment's pools (fixed while it runs); any other is a 404.
+    job["properties"]["model"] = {"type": "string", "enum": models, "description": "a pool; see GET /v1/pools"}
+    # The options' reserved names, which ChatJob's validator refuses, stated as a schema.
+    job["properties"]["options"]["propertyNames"] = {"not": {"enum": sorted(RESERVED_OPTIONS)}}
+    job["properties"]["options"]["description"] = "passed to the model server (temperature, max_tokens, ...)"
+    number = {"type": "number"}
+    return nested | {
+        "ChatJob": job,
+        "OpenAIChatRequest": {
+            "type": "object", "required": ["model", "messages"], "additionalProperties": True,
+            "description": "An OpenAI chat-completion request; its other fields pass to the model server.",
+            "properties": {
+                "model": job["properties"]["model"],
+                "messages": job["properties"]["messages"],
+                "session_id": job["properties"]["session_id"],
+                "stream": {"enum": [False, None], "description": "streaming is not supported"},
+            },
+        },
+        "Error": {
+            "type": "object", "required": ["error"], "additionalProperties": False,
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"], "additionalProperties": False,
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "field": {"type": "string", "description": "the request field at fault"},
+                               "job_id": {"type": "string", "description": "the failed job, if one was made"}}}},
+        },
+        "Job": {
+            "type": "object", "required": ["id", "status", "model", "session_id", "created_at"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "status": {"enum": JOB_STATES},
+                "model": {"type": "string"}, "session_id": {"type": "string"},
+                "created_at": number, "finished_at": number,
+                "position": {"type": "integer", "minimum": 0,
+                             "description": "place in line while waiting_for_container"},
+                "result": _ref("ChatCompletion"),
+                "error": {"type": "object", "required": ["code", "message"],
+                          "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+            },
+        },
+        "ChatCompletion": {
+            "type": "object", "required": ["object", "choices"],
+            "description": "The model server's OpenAI chat.completion, plus greenroom's metadata.",
+            "properties": {
+                "object": {"type": "string"}, "choices": {"type": "array"}, "model": {"type": "string"},
+                "greenroom": {"type": "object", "properties": {
+                    "job_id": {"type": "string"}, "session_id": {"type": "string"}, "container": {"type": "string"},
+                    "warm": {"type": "boolean"}, "new_session": {"type": "boolean"},
+                    "timings": {"type": "object", "properties": {
+                        k: number for k in ("queued_s", "waited_for_container_s", "in_container_s", "total_s")
+                    }},
+                }},
+            },
+        },
+        "Session": {
+            "type": "object", "required": ["id", "state"], "additionalProperties": False,
+            "properties": {"id": {"type": "string"},
+                           "state": {"enum": SESSION_STATES,
+                                     "description": "starting: its first job has not claimed a container yet"},
+                           "model": {"type": ["string", "null"], "description": "absent while closing"},
+                           "container": {"type": "string", "description": "while active"},
+                           "created_at": number},
+        },
+        "Pool": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed",
+                         "booted", "degraded", "runtime_error"],
+            "properties": {"name": {"type": "string"}, "runtime": {"type": "string"},
+                           **{k: {"type": "integer", "minimum": 0}
+                              for k in ("target_idle", "max_total", "idle", "warming", "assigned", "failed",
+                                        "booted")},
+                           "degraded": {"type": "boolean",
+                                        "description": "its last boots all failed (backing off), or its runtime fails"},
+                           "runtime_error": {"type": ["string", "null"]}},
+        },
+        "PoolChange": {
+            "type": "object", "minProperties": 1, "additionalProperties": False,
+            "description": "target_idle may not exceed max_total (the new or the current one): 422 if it would",
+            "properties": {"target_idle": {"type": "integer", "minimum": 0},
+                           "max_total": {"type": "integer", "minimum": 1}},
+        },
+    }
 
 
-def _path_param(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": ID}
+def _path_param(name: str, pattern: str = ID_PATTERN, examples: list | None = None) -> dict:
+    schema = {"type": "string", "pattern": pattern}
+    if examples:
+        schema["examples"] = examples
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-def _paths() -> dict:
+def _paths(settings: Settings) -> dict:
     job = _body(_ref("Job"), "The job")
     session = _body(_ref("Session"), "The session")
     pool = _body(_ref("Pool"), "The pool")
+    json_body = {"content": {JSON: {"schema": {"type": "object"}}}}
+    job_links = {
+        "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+        "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+        "GetSession": {"operationId": "getSession", "parameters": {"session_id": "$response.body#/session_id"}},
+        "CloseSession": {"operationId": "closeSession",
+                         "parameters": {"session_id": "$response.body#/session_id"}},
+    }
+    submitted = _body(_ref("Job"), "Queued; poll it at Location", Location=LOCATION) | {"links": job_links}
     return {
         "/v1/jobs": {"post": {
-            "summary": "Submit a chat job", "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatJob")}}},
-            "responses": {"202": job, "409": ERROR, "503": ERROR, **ERRORS}}},
+            "operationId": "submitJob", "summary": "Submit a chat job",
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatJob")}}},
+            "responses": {"202": submitted, **_errors(401, 404, 409, 503, *BODY_ERRORS)}}},
         "/v1/jobs/{job_id}": {
             "parameters": [_path_param("job_id")],
-            "get": {"summary": "A job's status and result; ?wait=N long-polls",
-                    "parameters": [{"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0}}],
-                    "responses": {"200": job, **ERRORS}},
-            "delete": {"summary": "Cancel a queued job", "responses": {"200": job, "409": ERROR, **ERRORS}}},
+            "get": {"operationId": "getJob", "summary": "A job's status and result; ?wait=N long-polls",
+                    "parameters": [{"name": "wait", "in": "query", "description": "seconds to hold the request "
+                                    "until the job ends", "schema": {"type": "number", "minimum": 0,
+                                                                     "maximum": settings.max_wait_s}}],
+                    "responses": {"200": job, **_errors(401, 404, 422)}},
+            "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or waiting job (idempotent)",
+                       "responses": {"200": job, **_errors(401, 404, 409)}}},
         "/v1/chat/completions": {"post": {
+            "operationId": "chatCompletion",
             "summary": "OpenAI-compatible chat; 202 with a job to poll if the reply takes longer than chat_wait_s",
-            "parameters": [{"name": "X-Greenroom-Session", "in": "header", "schema": ID}],
+            "parameters": [{"name": "X-Greenroom-Session", "in": "header",
+                            "description": "the session, if the body names none (the body's session_id wins)",
+                            "schema": {"type": "string", "pattern": ID_PATTERN}}],
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("OpenAIChatRequest")}}},
-            "responses": {"200": _body(_ref("ChatCompletion"), "The reply"), "202": job,
-                          **{c: ERROR for c in ("409", "502", "503", "504")}, **ERRORS}}},
+            "responses": {"200": _body(_ref("ChatCompletion"), "The reply", **{"X-Greenroom-Session": SESSION}),
+                          "202": _body(_ref("Job"), "Still running; poll it at Location", Location=LOCATION,
+                                       **{"X-Greenroom-Session": SESSION}) | {"links": job_links},
+                          **_errors(401, 404, 409, 502, 503, 504, *BODY_ERRORS)}}},
         "/v1/sessions/{session_id}": {
             "parameters": [_path_param("session_id")],
-            "get": {"summary": "A session's state", "responses": {"200": session, **ERRORS}},
-            "delete": {"summary": "Close a session; its container goes", "responses": {"200": session, "202": session,
-                                                                                       **ERRORS}}},
-        "/v1/pools": {"get": {"summary": "Every pool", "responses": {"200": _body(
-            {"type": "object", "properties": {"pools": {"type": "array", "items": _ref("Pool")}}}, "Pools"),
-            **ERRORS}}},
+            "get": {"operationId": "getSession", "summary": "A session's state",
+                    "responses": {"200": session, **_errors(401, 404)}},
+            "delete": {"operationId": "closeSession", "summary": "Close a session; its container goes (idempotent)",
+                       "responses": {"200": session, "202": _body(_ref("Session"), "Closing"),
+                                     **_errors(401, 404)}}},
+        "/v1/pools": {"get": {"operationId": "listPools", "summary": "Every pool", "responses": {
+            "200": _body({"type": "object", "required": ["pools"], "additionalProperties": False,
+                          "properties": {"pools": {"type": "array", "items": _ref("Pool")}}}, "Pools"),
+            **_errors(401)}}},
         "/v1/pools/{name}": {
-            "parameters": [_path_param("name")],
-            "get": {"summary": "One pool", "responses": {"200": pool, **ERRORS}},
-            "patch": {"summary": "Scale a pool (admin)",
+            "parameters": [_path_param("name", NAME, list(settings.pools))],
+            "get": {"operationId": "getPool", "summary": "One pool", "responses": {"200": pool, **_errors(401, 404)}},
+            "patch": {"operationId": "scalePool", "summary": "Scale a pool (admin)",
                       "requestBody": {"required": True, "content": {JSON: {"schema": _ref("PoolChange")}}},
-                      "responses": {"200": pool, "403": ERROR, **ERRORS}}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Redis and broker reachable", "security": [],
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/openapi.json": {"get": {"summary": "This document", "security": [],
-                                  "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+                      "responses": {"200": pool, **_errors(401, 403, 404, *BODY_ERRORS)}}},
+        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness", "security": [], "responses": {
+            "200": _body({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                         "Alive"), **_errors()}}},
+        "/readyz": {"get": {"operationId": "readyz", "summary": "Redis and broker reachable", "security": [],
+                            "responses": {"200": _body(_ref("Readiness"), "Ready"),
+                                          "503": _body(_ref("Readiness"), "Not ready"), **_errors()}}},
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "security": [],
+                             "responses": {"200": {"description": "Prometheus text exposition",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **_errors()}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
+                                  "responses": {"200": json_body | {"description": "OpenAPI 3.1"}, **_errors()}}},
     }
+
+
+READINESS = {
+    "type": "object", "required": ["status", "checks"],
+    "properties": {"status": {"enum": ["ready", "not_ready"]},
+                   "checks": {"type": "object", "required": ["redis", "broker"],
+                              "properties": {"redis": {"type": "boolean"}, "broker": {"type": "boolean"}}}},
+}
 
 
 @bp.get("/openapi.json")
 def document():
+    settings = services().settings
     return {
         "openapi": "3.1.0",
         "info": {"title": "greenroom", "version": "0.1.0",
-                 "description": "Chat jobs served by AI model servers that were booted before the job arrived."},
-        "components": {"schemas": _schemas(),
+                 "description": "Chat jobs served by AI model servers that were booted before the job arrived. "
+                                "Every error is JSON: {\"error\": {\"code\", \"message\"}}."},
+        "components": {"schemas": _schemas(settings) | {"Readiness": READINESS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": _paths(settings),
     }

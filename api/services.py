@@ -10,6 +10,7 @@ from redis import Redis
 from pool_manager.jobs import JobStore
 from pool_manager.manager import PoolManager
 from pool_manager.settings import Settings
+from pool_manager.state import connect_redis
 from workers.config import make_celery
 
 
@@ -24,14 +25,14 @@ class Services:
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> None:
-        redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        redis = connect_redis(settings.redis_url, health_check_interval=30)
         app.extensions["greenroom"] = cls(
             settings=settings,
             redis=redis,
             jobs=JobStore(redis, settings.deployment, result_ttl_s=settings.result_ttl_s),
             pools=PoolManager(settings, redis),
             celery=make_celery(settings),
-            broker_redis=Redis.from_url(settings.broker, decode_responses=True)
+            broker_redis=connect_redis(settings.broker)
             if settings.broker.startswith(("redis://", "rediss://", "unix://")) else None,
         )
 

@@ -101,7 +101,7 @@ class ChatRelay:
         try:
             while True:
                 try:
-                    claim = self.manager.claim(pool, session)
+                    claim = self.manager.claim(pool, session, job_id)
                     break
                 except NoIdleContainer:
                     if not waiting:

@@ -14,7 +14,7 @@ from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
 from .settings import PoolSpec, Settings
-from .state import Claim, PoolState
+from .state import Claim, PoolState, connect_redis
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after it
@@ -40,7 +40,7 @@ class PoolStatus:
 class PoolManager:
     def __init__(self, settings: Settings, redis: Redis | None = None):
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = redis or connect_redis(settings.redis_url)
         self.state = PoolState(self.redis, settings.deployment)
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
@@ -84,11 +84,12 @@ class PoolManager:
         return self.runtime(self.runtime_name(pool))
 
     # sessions
-    def claim(self, pool: str, session_id: str) -> Claim:
-        """The session's container: its own if it has one, else an idle one, atomically.
-        Raises NoIdleContainer (wait and retry), SessionClosed or SessionModelMismatch."""
+    def claim(self, pool: str, session_id: str, job_id: str = "") -> Claim:
+        """The session's container: its own if it has one, else an idle one, atomically
+        (the job, if it waited in line, leaves it in the same step). Raises
+        NoIdleContainer (wait and retry), SessionClosed or SessionModelMismatch."""
         spec = self.spec(pool)
-        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s)
+        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s, job_id)
         if isinstance(result, Claim):
             if result.container.pool != pool:
                 raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")

@@ -48,7 +48,7 @@ class ReconcilePass:
         self.adopt_unknown(known, live)
         self.check_warming(known, live)
         self.reap_expired_leases()
-        self.replenish()
+        self.replenish(len(live))
         self.report.duration_s = time.monotonic() - began
         return self.report
 
@@ -62,7 +62,7 @@ class ReconcilePass:
             if not self.state.move(container, container.state, None):
                 continue  # someone else moved it meanwhile: theirs to handle
             if container.state == "assigned" and container.session:
-                self.state.end_session(container.session, "broken")
+                self.state.end_session(container.session, "broken", container.id)
             self.lifecycle.destroy(container, self.runtime)
             self.report.forgotten += 1
             if container.state == "warming":  # it crashed while booting
@@ -123,13 +123,19 @@ class ReconcilePass:
                 self.close_session(container.session)
                 self.report.reaped += 1
 
-    def replenish(self) -> None:
+    def replenish(self, existing: int) -> None:
         """Start the whole deficit at once, in parallel, never past max_total. Jobs
-        waiting for a container count as demand on top of target_idle."""
+        waiting for a container count as demand on top of target_idle.
+
+        `existing` is what the runtime listed at the start of this pass: containers on
+        their way out (a closed session's, a crashed one's) have left the state sets
+        but still run until removed, and count against max_total until they are gone.
+        Only passes create containers, one pass at a time, so the runtime holds no more
+        than that now."""
         counts = self.state.counts(self.pool)
         demand = self.spec.target_idle + self.state.waiting_count(self.pool, self.max_wait_s)
         deficit = demand - counts["idle"] - counts["warming"]
-        room = self.spec.max_total - sum(counts.values())
+        room = self.spec.max_total - max(sum(counts.values()), existing)
         wanted = max(0, min(deficit, room))
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures

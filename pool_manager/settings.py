@@ -29,7 +29,7 @@ class PoolSpec(BaseModel):
     command: list[str] | None = None
     runtime: Literal["auto", "docker", "process"] = "auto"
     target_idle: int = Field(2, ge=0)
-    max_total: int = Field(20, ge=1)
+    max_total: int = Field(20, ge=1, le=10_000)
     health_path: str = Field("/healthz", pattern=r"^/")
     boot_timeout_s: float = Field(120, gt=0)
     session_idle_ttl_s: float = Field(300, gt=0)

@@ -11,15 +11,21 @@ import time
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 STATES = ("warming", "idle", "assigned")
+# A Redis restart (a few seconds) is ridden out: a command that meets a connection error
+# or timeout is retried with backoff, about 10 s in all, before the error surfaces.
+REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 
-# Claim for a session: its existing container, else the longest-idle one.
+# Claim for a session: its existing container, else the longest-idle one; a job that
+# waited in line leaves it in the same step, so no reconcile counts it as demand after.
 # Returns {container_id, "new"|"existing"} or {false, reason}.
 _CLAIM = """
-local session_key, idle, assigned = KEYS[1], KEYS[2], KEYS[3]
-local session_id, pool, lease_until, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local session_key, idle, assigned, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local session_id, pool, lease_until, now, prefix, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local session = redis.call('HMGET', session_key, 'container', 'state')
 if session[2] == 'active' then return {session[1], 'existing'} end
 if session[2] then return {false, session[2]} end
@@ -29,6 +35,7 @@ local id = popped[1]
 redis.call('ZADD', assigned, lease_until, id)
 redis.call('HSET', prefix .. 'c:' .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
 redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
+redis.call('ZREM', waiting, job_id)
 return {id, 'new'}
 """
 
@@ -40,6 +47,13 @@ local id, state, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('ZREM', from_set, id) == 0 then return 0 end
 if to_set ~= '' then redis.call('ZADD', to_set, now, id) end
 redis.call('HSET', container, 'state', state, state .. '_at', now)
+return 1
+"""
+
+_END_SESSION = """
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'container') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -56,6 +70,12 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def connect_redis(url: str, **options) -> Redis:
+    """A client (text replies) that retries through a short outage; redis-py's own
+    from_url client gives up at the first refused connection."""
+    return Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY, **options)
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,7 @@ class PoolState:
         self.prefix = f"greenroom:{deployment}:"
         self._claim = redis.register_script(_CLAIM)
         self._move = redis.register_script(_MOVE)
+        self._end_session = redis.register_script(_END_SESSION)
         self._lock = redis.register_script(_LOCK)
         self._unlock = redis.register_script(_UNLOCK)
 
@@ -154,13 +175,12 @@ class PoolState:
             return dict(zip(STATES, pipe.execute(), strict=True))
 
     # sessions and leases
-    def claim(self, pool: str, session_id: str, lease_s: float) -> Claim | str:
+    def claim(self, pool: str, session_id: str, lease_s: float, job_id: str = "") -> Claim | str:
         """The session's container, or the reason there is none: 'empty', 'closed', 'broken'."""
         now = time.time()
-        container_id, outcome = self._claim(
-            keys=[self.session_key(session_id), self.state_key(pool, "idle"), self.state_key(pool, "assigned")],
-            args=[session_id, pool, now + lease_s, now, self.prefix],
-        )
+        keys = [self.session_key(session_id), *(self.state_key(pool, s) for s in ("idle", "assigned", "waiting"))]
+        container_id, outcome = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.prefix,
+                                                             job_id])
         if not container_id:
             return outcome
         container = self.get(container_id)
@@ -177,13 +197,10 @@ class PoolState:
     def expired_leases(self, pool: str) -> list[str]:
         return self.redis.zrangebyscore(self.state_key(pool, "assigned"), "-inf", time.time())
 
-    def end_session(self, session_id: str, state: str) -> None:
-        """Mark a session closed or broken; the id then answers so for a day."""
-        key = self.session_key(session_id)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, "state", state)
-            pipe.expire(key, CLOSED_SESSION_TTL_S)
-            pipe.execute()
+    def end_session(self, session_id: str, state: str, container_id: str = "") -> None:
+        """Mark a session closed or broken; the id then answers so for a day. With a
+        container id, only if the session still names it (it may have moved on since)."""
+        self._end_session(keys=[self.session_key(session_id)], args=[state, container_id, CLOSED_SESSION_TTL_S])
 
     # pool stats and run-time overrides
     def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:

@@ -114,7 +114,7 @@ step_venv() {
   [ -x "$VENV/bin/python" ] || quiet python3 -m venv "$VENV"
   want="$(sha256sum "$REPO/pyproject.toml" | cut -c1-64)"
   if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then say "venv .venv ... up to date"; return; fi
-  (cd "$REPO" && quiet "$VENV/bin/pip" install --disable-pip-version-check -e '.[test]')
+  (cd "$REPO" && quiet "$VENV/bin/pip" install --disable-pip-version-check -e '.[test,bench]')
   echo "$want" >"$STAMP"
   say "venv .venv ... installed $(took "$t")"
 }

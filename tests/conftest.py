@@ -95,10 +95,10 @@ def no_container_outlives_the_run():
     runtime = DockerRuntime(f"{RUN_ID}-cleanup")
     leaked = []
     if runtime.ping():
-        for container in runtime.client.containers.list(all=True, filters={"label": "greenroom.managed=true"}):
-            if container.labels.get("greenroom.owner", "").startswith(RUN_ID):
-                leaked.append(container.name)
-                container.remove(force=True)
+        for row in runtime.client.api.containers(all=True, filters={"label": "greenroom.managed=true"}):
+            if row["Labels"].get("greenroom.owner", "").startswith(RUN_ID):
+                leaked.append(row["Names"][0].lstrip("/"))
+                runtime.client.api.remove_container(row["Id"], force=True)
     runtime.close()
     assert not leaked, f"containers outlived their tests: {leaked}"
 

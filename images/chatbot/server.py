@@ -175,6 +175,9 @@ def error_body(code: str, message: str) -> dict:
 
 class ChatbotHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # holds the body back until the client's delayed ACK, 40 ms later, on a reused connection.
+    disable_nagle_algorithm = True
     server_version = "greenroom-chatbot/1.0"
     sys_version = ""
     routes = {  # path -> (method, handler name)

@@ -12,7 +12,7 @@ import click
 import redis
 
 from ..errors import GreenroomError
-from . import chat, pool, programs, up
+from . import bench, chat, pool, programs, up
 
 
 @click.group()
@@ -20,7 +20,7 @@ def main() -> None:
     """greenroom: booted AI model servers waiting for every chat."""
 
 
-for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool):
+for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool, bench.bench):
     main.add_command(command)
 
 

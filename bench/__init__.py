@@ -1,0 +1,1 @@
+"""greenroom benchmark harness."""

@@ -1,0 +1,233 @@
+"""A private greenroom stack as real processes: the API, a chat worker, a pool worker and
+beat, each started with the `greenroom` command, on their own Redis (a redis-server of
+their own on a free loopback port, unless given one) and under their own deployment id,
+so that their model servers carry their own owner label.
+
+    with Stack(folder, {"image": IMAGE, "runtime": "docker", "env": {"BOOT_SECONDS": "2"}}) as stack:
+        ...  # stack.api_url, stack.redis_url, stack.token, stack.deployment
+
+`stop()` (also on leaving the `with`, on Ctrl-C or an exception) ends the processes, then
+removes every model server of the deployment: Docker containers by the label
+greenroom.owner=<deployment>, and process-runtime servers by their records.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+GREENROOM = str(Path(sys.executable).parent / "greenroom")
+IMAGE = "greenroom/chatbot:latest"
+PROGRAMS = ("api", "chat", "pool", "beat")
+OWNER_LABEL = "greenroom.owner"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll predicate until it returns something truthy (returned), at most timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+
+
+def pool_toml(pools: dict[str, dict]) -> str:
+    """[pools.<name>] tables from plain dicts (inline tables for dict values)."""
+    lines = []
+    for name, spec in pools.items():
+        lines.append(f"[pools.{name}]")
+        for key, value in spec.items():
+            if isinstance(value, dict):
+                value = "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
+            else:
+                value = json.dumps(value)
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+class RedisServer:
+    """redis-server on a free loopback port, nothing persisted."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if not server:
+            raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)], stdout=subprocess.DEVNULL, start_new_session=True)
+        wait_until(self._pings, 10, message="redis-server")
+
+    def _pings(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+class Stack:
+    def __init__(self, folder: Path, pool: dict, *, redis_url: str | None = None, deployment: str | None = None,
+                 tokens: dict[str, str] | None = None, api_args: tuple[str, ...] = (), **settings):
+        """pool: the `chatbot` pool's spec; settings: any other Settings field, as GREENROOM_* env."""
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.deployment = deployment or f"bench-{secrets.token_hex(4)}"
+        self.tokens = tokens or {"admin": secrets.token_urlsafe(24)}
+        self.redis = None if redis_url else RedisServer(self.folder / "redis")
+        self.redis_url = redis_url or self.redis.url
+        self.api_url = f"http://127.0.0.1:{free_port()}"
+        self.api_args = api_args
+        config = self.folder / "greenroom.toml"
+        config.write_text(pool_toml({"chatbot": pool}))
+        self.env = _inherited_env() | {
+            "GREENROOM_CONFIG": str(config),
+            "GREENROOM_REDIS_URL": self.redis_url,
+            "GREENROOM_DEPLOYMENT": self.deployment,
+            "GREENROOM_API_KEYS": json.dumps(self.tokens),
+            "GREENROOM_API_PORT": self.api_url.rsplit(":", 1)[1],
+            "GREENROOM_STATE_DIR": str(self.folder / "state"),
+            "PYTHONUNBUFFERED": "1",
+            **{f"GREENROOM_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def token(self) -> str:
+        """The first tenant's token (the admin's, unless tokens were given)."""
+        return next(iter(self.tokens.values()))
+
+    def __enter__(self) -> "Stack":
+        try:
+            return self.start(*PROGRAMS)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # processes
+    def start(self, *names: str) -> "Stack":
+        if self.redis and self.redis.process is None:
+            self.redis.start()
+        for name in names:
+            self.start_one(name)
+        if "api" in names:
+            wait_until(self.api_answers, 30, message="the API")
+        return self
+
+    def command(self, name: str) -> list[str]:
+        node = f"{name}-{self.deployment}-{secrets.token_hex(2)}@%h"
+        return {
+            "api": [GREENROOM, "api", *self.api_args],
+            "chat": [GREENROOM, "worker", "--queue", "chat", "--name", node],
+            "pool": [GREENROOM, "worker", "--queue", "pool", "--name", node],
+            "beat": [GREENROOM, "beat"],
+        }[name]
+
+    def start_one(self, name: str) -> None:
+        with open(self.folder / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(self.command(name), env=self.env, stdout=log,
+                                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        process = self.processes.pop(name)
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout)
+        except ProcessLookupError:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+    def pids(self) -> dict[str, int]:
+        return {name: process.pid for name, process in self.processes.items() if process.poll() is None}
+
+    def stop(self) -> None:
+        """Stop the processes, then remove the model servers they left (greenroom leaves
+        them running on purpose, to adopt after a restart), then Redis."""
+        for name in list(self.processes):
+            self.kill(name)
+        try:
+            remove_model_servers(self.deployment, self.env["GREENROOM_STATE_DIR"])
+        finally:
+            if self.redis:
+                self.redis.stop()
+
+    def logs(self, tail: int = 4000) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail:]}"
+                         for p in sorted(self.folder.glob("*.log")))
+
+    # HTTP
+    def client(self, tenant: str | None = None, timeout: float = 60) -> httpx.Client:
+        token = self.tokens[tenant] if tenant else self.token
+        return httpx.Client(base_url=self.api_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+
+    def api_answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def _inherited_env() -> dict[str, str]:
+    """This environment without GREENROOM_* settings: the stack is configured by us alone
+    (GREENROOM_DOCKER_HOST stays: it says where the engine is)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_") or k == "GREENROOM_DOCKER_HOST"}
+
+
+def remove_model_servers(deployment: str, state_dir: str) -> int:
+    """Every container labelled greenroom.owner=<deployment>, and every process-runtime
+    server of the deployment: removed. Returns how many there were."""
+    from pool_manager.runtimes.docker import DockerRuntime
+    from pool_manager.runtimes.process import ProcessRuntime
+
+    docker_runtime = DockerRuntime(deployment)
+    try:
+        names = []
+        if docker_runtime.ping():
+            filters = {"label": [f"{OWNER_LABEL}={deployment}"]}
+            names = [c["Names"][0].lstrip("/") for c in docker_runtime.client.api.containers(all=True, filters=filters)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(docker_runtime.destroy, names))
+    finally:
+        docker_runtime.close()
+    process_runtime = ProcessRuntime(deployment, state_dir)
+    instances = process_runtime.list_managed()
+    for instance in instances:
+        process_runtime.destroy(instance.id)
+    return len(names) + len(instances)

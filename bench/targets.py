@@ -1,0 +1,92 @@
+"""The issue's targets, evaluated from the results: goals to report, never assertions.
+
+Each row: id, target (the goal in words), measured (in words), value and limit (numbers,
+or None when the scenario did not run or failed), met (True, False, or None when unknown).
+"""
+
+MS = 1000
+
+
+def overhead_p50(kind: str):
+    def check(result: dict) -> tuple:
+        seq = result["sequential"]
+        overhead, floor = seq["overhead"][kind]["p50"], seq["latency"]["ping"]["p50"]
+        measured = f"{overhead * MS:.1f} ms (2 x Celery round trip {floor * MS:.1f} ms = {2 * floor * MS:.1f} ms)"
+        return overhead, 2 * floor, measured, overhead <= 2 * floor
+
+    return check
+
+
+def overhead_p99(kind: str):
+    def check(result: dict) -> tuple:
+        p99 = result["sequential"]["overhead"][kind]["p99"]
+        return p99, 0.025, f"{p99 * MS:.1f} ms", p99 < 0.025
+
+    return check
+
+
+def warm_vs_cold(result: dict) -> tuple:
+    boots = result["by_boot"]
+    boot = "5" if "5" in boots else max(boots, key=float)  # quick mode runs shorter boots only
+    data = boots[boot]
+    note = "" if boot == "5" else f"; BOOT_SECONDS={boot} (quick mode)"
+    measured = (f"{data['ratio_p50']:.0f}x (cold {data['cold']['p50']:.2f} s / "
+                f"warm {data['warm']['p50'] * MS:.1f} ms{note})")
+    return data["ratio_p50"], 100, measured, data["ratio_p50"] >= 100
+
+
+def arrivals_warm(result: dict) -> tuple:
+    phases = [p for p in result["phases"] if p["load"] <= 0.8 + 1e-9 and not p["sized"]]
+    worst = min(phases, key=lambda p: p["warm_fraction"])
+    measured = "; ".join(f"{p['warm_fraction'] * 100:.1f}% at {p['load'] * 100:.0f}% (n={p['sessions']})"
+                         for p in phases)
+    return worst["warm_fraction"], 0.99, measured, worst["warm_fraction"] >= 0.99
+
+
+def refill_create(result: dict) -> tuple:
+    p50 = result["claim_to_create"]["p50"]
+    return p50, 0.050, f"{p50 * MS:.1f} ms", p50 < 0.050
+
+
+def burst_slowest(result: dict) -> tuple:
+    slowest, limit = result["slowest_wait"]["max"], result["params"]["boot_seconds"] + 1
+    return slowest, limit, f"{slowest:.2f} s (one boot + 1 s = {limit:g} s)", slowest < limit
+
+
+# (scenario, id, the goal, check: scenario result -> (value, limit, measured, met))
+TARGETS = [
+    ("overhead", "overhead_p50_jobs",
+     "Overhead p50, submit + long poll, sequential: within 2x the bare Celery round trip", overhead_p50("jobs")),
+    ("overhead", "overhead_p50_chat",
+     "Overhead p50, /v1/chat/completions, sequential: within 2x the bare Celery round trip", overhead_p50("chat")),
+    ("overhead", "overhead_p99_jobs", "Overhead p99, submit + long poll, sequential: under 25 ms",
+     overhead_p99("jobs")),
+    ("overhead", "overhead_p99_chat", "Overhead p99, /v1/chat/completions, sequential: under 25 ms",
+     overhead_p99("chat")),
+    ("warm_vs_cold", "warm_vs_cold_ratio",
+     "New session, warm pool vs cold start, BOOT_SECONDS=5: at least 100x faster at p50", warm_vs_cold),
+    ("arrivals", "arrivals_warm",
+     "Poisson arrivals at up to 80% of refill capacity: at least 99% served warm", arrivals_warm),
+    ("refill", "refill_create_p50", "Claim to the replacement's create call: p50 under 50 ms", refill_create),
+    ("burst", "burst_slowest_wait",
+     "Burst of 20 against target_idle 5: slowest wait under one boot time + 1 s", burst_slowest),
+]
+
+
+def evaluate(results: dict) -> list[dict]:
+    return [evaluate_one(results["scenarios"].get(scenario), id, goal, check)
+            for scenario, id, goal, check in TARGETS]
+
+
+def evaluate_one(source: dict | None, id: str, goal: str, check) -> dict:
+    row = {"id": id, "target": goal, "measured": "not run", "value": None, "limit": None, "met": None}
+    if source is not None and "error" in source:
+        row["measured"] = "scenario failed"
+    elif source is not None:
+        try:
+            value, limit, measured, met = check(source)
+        except (TypeError, KeyError, ValueError) as exc:  # a missing or non-numeric figure
+            row["measured"] = f"not measured ({type(exc).__name__}: {exc})"
+        else:
+            row.update(value=value, limit=limit, measured=measured, met=bool(met))
+    return row

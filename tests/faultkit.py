@@ -1,0 +1,211 @@
+"""Helpers for the fault and soak tests: programs launched beside a Stack, the pool's
+state against Docker's view, job events, polls that survive restarts, a stopwatch."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict
+
+import httpx
+import redis
+
+from conftest import wait_until
+from stack import VENV_BIN, Stack
+from pool_manager.state import STATES
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+# ---------------------------------------------------------------- programs beside a Stack
+
+class Programs:
+    """Processes this module starts with a stack's environment, each in its own process
+    group (so a signal reaches gunicorn's workers too), logged into the stack's folder."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, key: str, *argv: str, **env: str) -> subprocess.Popen:
+        with open(self.stack.folder / f"{key}.log", "ab") as log:
+            process = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], env=self.stack.env | env,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running[key] = process
+        return process
+
+    def api(self) -> subprocess.Popen:
+        """`greenroom api`, which loads api.gunicorn_conf (long polls end on SIGTERM);
+        Stack's own `api` is bare gunicorn, without that hook."""
+        process = self.start("api", "greenroom", "api", "--workers", "1", "--threads", "16")
+        wait_until(lambda: api_answers(self.stack), 30, message="the API")
+        return process
+
+    def signal(self, key: str, sig: int) -> subprocess.Popen:
+        process = self.running[key]
+        os.killpg(process.pid, sig)
+        return process
+
+    def stop(self, key: str, timeout: float = 15) -> None:
+        process = self.running.pop(key)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+    def stop_all(self) -> None:
+        for key in list(self.running):
+            self.stop(key)
+
+
+def api_answers(stack: Stack) -> bool:
+    try:
+        return httpx.get(f"{stack.api_url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# ---------------------------------------------------------------- pool state vs Docker
+
+def deployment(stack: Stack) -> str:
+    return stack.env["GREENROOM_DEPLOYMENT"]
+
+
+def state_ids(stack: Stack, pool: str = "chatbot") -> dict[str, set[str]]:
+    """Container ids by state, as the pool's Redis state has them."""
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    prefix = f"greenroom:{deployment(stack)}:pool:{pool}:"
+    try:
+        with client.pipeline(transaction=True) as pipe:  # one snapshot: a move is never seen twice
+            for state in STATES:
+                pipe.zrange(prefix + state, 0, -1)
+            return {state: set(ids) for state, ids in zip(STATES, pipe.execute())}
+    finally:
+        client.close()
+
+
+def docker_names(docker_engine, stack: Stack, all: bool = True) -> set[str]:
+    """The stack's labelled containers as Docker lists them (running only unless all)."""
+    rows = docker_engine.api.containers(all=all, filters={"label": f"greenroom.owner={deployment(stack)}"})
+    return {row["Names"][0].lstrip("/") for row in rows}
+
+
+def docker_matches_state(docker_engine, stack: Stack) -> dict | None:
+    """The state's idle+warming+assigned when it names exactly the containers Docker has."""
+    ids = state_ids(stack)
+    known = set().union(*ids.values())
+    return ids if known == docker_names(docker_engine, stack) else None
+
+
+def wait_docker_matches_state(docker_engine, stack: Stack, timeout: float = 30) -> dict:
+    return wait_until(lambda: docker_matches_state(docker_engine, stack), timeout, interval=0.2,
+                      message="Docker's containers to equal the pool state's")
+
+
+def wait_pool(client: httpx.Client, timeout: float = 30, **expected) -> dict:
+    """Poll GET /v1/pools/chatbot until every expected count holds; a timeout shows the
+    last status (Stack's wait_for_pool names only what it expected)."""
+    last: dict = {}
+
+    def matches():
+        nonlocal last
+        try:
+            last = client.get("/v1/pools/chatbot").json()
+        except httpx.TransportError:
+            return None
+        return last if all(last.get(k) == v for k, v in expected.items()) else None
+
+    try:
+        return wait_until(matches, timeout, interval=0.1, message=f"pool counts {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {last}") from None
+
+
+# ---------------------------------------------------------------- job events
+
+class JobEvents:
+    """Every status a job record moved to, heard on its Redis channel (the transition
+    script publishes once per transition, so a second 'succeeded' would show here)."""
+
+    def __init__(self, stack: Stack):
+        self.client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.prefix = f"greenroom:{deployment(stack)}:job-events:"
+        self.pubsub.psubscribe(self.prefix + "*")
+        self.seen: dict[str, list[str]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            message = self.pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "pmessage":
+                self.seen[message["channel"].removeprefix(self.prefix)].append(message["data"])
+
+    def count(self, job_id: str, status: str) -> int:
+        return self.seen[job_id].count(status)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.pubsub.close()
+        self.client.close()
+
+
+# ---------------------------------------------------------------- clients that ride out restarts
+
+def submit(client: httpx.Client, text: str, session_id: str | None = None) -> httpx.Response:
+    body = {"model": "chatbot", "messages": [{"role": "user", "content": text}]}
+    if session_id:
+        body["session_id"] = session_id
+    return client.post("/v1/jobs", json=body)
+
+
+def read_job(client: httpx.Client, job_id: str, wait: float = 0) -> dict | None:
+    """The job, or None when the API is unreachable or answers 5xx (a restart)."""
+    try:
+        response = client.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None)
+    except httpx.TransportError:
+        return None
+    if response.status_code >= 500:
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def poll_until_final(client: httpx.Client, job_id: str, timeout: float) -> dict:
+    """Long-poll the job to a final state, retrying (briefly paused) through errors."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = read_job(client, job_id, wait=min(10, max(1, int(deadline - time.monotonic()))))
+        if job and job["status"] in FINAL:
+            return job
+        if job is None:
+            time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not final after {timeout}s: {job}")
+
+
+def wait_status(client: httpx.Client, job_id: str, status: str, timeout: float = 30) -> dict:
+    return wait_until(lambda: (job := read_job(client, job_id)) and job["status"] == status and job,
+                      timeout, interval=0.05, message=f"job {job_id} {status}")
+
+
+class Stopwatch:
+    def __init__(self):
+        self.began = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.began
+
+
+def report(title: str, **figures) -> None:
+    """One line for `pytest -s`: what a fault test saw."""
+    shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+    print(f"\n[{title}] {shown}")

@@ -1,0 +1,154 @@
+"""Faults mid-job against the real stack: a chat worker SIGKILLed, a container killed, the
+API restarted under a long poll. Each test prints what it saw and how long recovery took
+(`pytest -s`); times are reported, never asserted."""
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import wait_until
+from faultkit import (FINAL, JobEvents, Programs, Stopwatch, docker_names, poll_until_final, report, state_ids,
+                      submit, wait_docker_matches_state, wait_pool, wait_status)
+from stack import Stack
+
+# A SIGKILLed worker's message returns after the visibility timeout (claim + 2 * chat + 20 s
+# = 36 s here), found by a sweep every 5 s: the first test needs well over a minute.
+pytestmark = pytest.mark.timeout(180)
+REPLY_DELAY_S = 3  # long enough to kill something mid-reply
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, docker_engine, tmp_path_factory, request):
+    pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 2, "max_total": 6,
+            "env": {"BOOT_SECONDS": "1", "REPLY_DELAY_SECONDS": str(REPLY_DELAY_S)}}
+    running = Stack(redis_url, "faults", tmp_path_factory.mktemp("faults"), pool, claim_timeout_s=4,
+                    chat_timeout_s=6, reconcile_interval_s=2)
+    running.start("pool", "chat", "beat")
+    yield running
+    running.stop()
+    if request.session.testsfailed:
+        print(running.logs())
+
+
+@pytest.fixture(scope="module")
+def programs(stack):
+    """The API as `greenroom api` runs it (Stack's is bare gunicorn, without the hook
+    that ends long polls on SIGTERM)."""
+    programs = Programs(stack)
+    try:
+        programs.api()
+        yield programs
+    finally:
+        programs.stop_all()
+
+
+@pytest.fixture
+def client(stack, programs):
+    with stack.client() as client:
+        wait_pool(client, idle=2)
+        yield client
+
+
+def test_a_chat_worker_killed_mid_relay_is_redelivered_and_answers_once(stack, client, docker_engine):
+    events = JobEvents(stack)
+    try:
+        job_id = submit(client, "my name is Ada").json()["id"]
+        wait_status(client, job_id, "running")
+        claimed = client.get(f"/v1/sessions/{job_id}").json()["container"]
+        stack.kill("chat", signal.SIGKILL)  # the whole process group, mid-relay
+        clock = Stopwatch()
+        stack.start_one("chat")
+        job = poll_until_final(client, job_id, timeout=120)
+        recovered = clock()
+        wait_until(lambda: events.count(job_id, "succeeded"), 5, message="the success event")
+        assert job["status"] == "succeeded", job
+        assert events.count(job_id, "succeeded") == 1, events.seen[job_id]
+        meta = job["result"]["greenroom"]
+        assert meta["container"] == claimed  # the redelivered job found its claim, took no second one
+        assert meta["new_session"] is False
+        assert state_ids(stack)["assigned"] == {claimed}
+        wait_docker_matches_state(docker_engine, stack)
+        report("chat worker SIGKILL", final=job["status"], recovered_s=recovered,
+               transitions=events.seen[job_id], reply=job["result"]["choices"][0]["message"]["content"])
+    finally:
+        events.close()
+    closed = client.delete(f"/v1/sessions/{job_id}")
+    assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    assert claimed not in docker_names(docker_engine, stack)
+    wait_pool(client, idle=2, assigned=0)
+    wait_docker_matches_state(docker_engine, stack)
+
+
+def test_a_container_killed_mid_reply_first_message_retries_later_message_is_lost(stack, client, docker_engine):
+    job_id = submit(client, "hello").json()["id"]
+    wait_status(client, job_id, "running")
+    first = client.get(f"/v1/sessions/{job_id}").json()["container"]
+    docker_engine.containers.get(first).kill()
+    clock = Stopwatch()
+    job = poll_until_final(client, job_id, timeout=60)
+    retried = clock()
+    assert job["status"] == "succeeded", job
+    second = job["result"]["greenroom"]["container"]
+    assert second != first and job["result"]["greenroom"]["new_session"] is True
+    assert client.get(f"/v1/sessions/{job_id}").json()["container"] == second
+    wait_until(lambda: first not in docker_names(docker_engine, stack), 15, message=f"{first} removed")
+    wait_pool(client, idle=2, assigned=1)
+    refilled = clock()
+
+    later = submit(client, "still there?", session_id=job_id).json()["id"]
+    wait_status(client, later, "running")
+    docker_engine.containers.get(second).kill()
+    clock = Stopwatch()
+    lost = poll_until_final(client, later, timeout=60)
+    failed = clock()
+    assert lost["status"] == "failed" and lost["error"]["code"] == "container_lost", lost
+    assert client.get(f"/v1/sessions/{job_id}").json()["state"] == "broken"
+    wait_pool(client, idle=2, assigned=0)
+    wait_docker_matches_state(docker_engine, stack)
+    assert not {first, second} & docker_names(docker_engine, stack)
+    report("container killed", first_message=job["status"], first_message_s=retried, pool_refilled_s=refilled,
+           later_message=lost["error"]["code"], later_message_s=failed)
+
+
+def test_an_api_restart_ends_a_long_poll_and_the_next_poll_gets_the_result(stack, programs, client):
+    job_id = submit(client, "hello").json()["id"]
+    wait_status(client, job_id, "running")
+    poll, held = {}, threading.Event()
+    poller = threading.Thread(target=_long_poll, args=(stack, job_id, poll, held))
+    poller.start()
+    held.wait(5)
+    time.sleep(0.5)  # the poll is in the API's hands
+    old = programs.signal("api", signal.SIGTERM)
+    clock = Stopwatch()
+    poller.join(40)
+    assert not poller.is_alive()
+    answered = poll["ended"] - clock.began
+    old.wait(20)
+    programs.running.pop("api")
+    exited = clock()
+    programs.start("api", "greenroom", "api", "--workers", "1", "--threads", "16")
+    job = poll_until_final(client, job_id, timeout=60)
+    assert job["status"] == "succeeded", job
+    if "answer" in poll:  # the job as it stands, before it ended: not held until the job's end
+        status_code, body = poll["answer"]
+        assert status_code == 200 and body["id"] == job_id, poll
+        assert body["status"] not in FINAL, poll
+        assert poll["ended_at"] < float(job["finished_at"])
+    else:
+        assert isinstance(poll["error"], httpx.TransportError), poll
+    report("API restart", poll_answer=poll.get("answer", [None, {}])[1].get("status") or repr(poll.get("error")),
+           poll_returned_after_sigterm_s=answered, old_api_exited_s=exited, result_s=clock(), final=job["status"])
+
+
+def _long_poll(stack: Stack, job_id: str, outcome: dict, held: threading.Event) -> None:
+    with stack.client(timeout=45) as client:
+        held.set()
+        try:
+            response = client.get(f"/v1/jobs/{job_id}", params={"wait": 30})
+            outcome["answer"] = (response.status_code, response.json())
+        except (httpx.TransportError, ValueError) as exc:
+            outcome["error"] = exc
+    outcome["ended"], outcome["ended_at"] = time.monotonic(), time.time()
