@@ -31,8 +31,12 @@ def run(names: list[str], quick: bool, name: str | None = None, output_dir: Path
     ctx = Context(workdir, report_dir, name, quick)
     results = header(name, quick, names)
     began = time.monotonic()
-    for scenario in names:
-        results["scenarios"][scenario] = run_one(ctx, scenario)
+    try:
+        for scenario in names:
+            results["scenarios"][scenario] = run_one(ctx, scenario)
+    except KeyboardInterrupt:
+        log(f"interrupted; nothing written; the stacks' logs are in {workdir}")
+        raise
     results["duration_s"] = time.monotonic() - began
     results["finished_at"] = now()
     results["targets"] = targets.evaluate(results)
