@@ -4,13 +4,10 @@ clear skip), a fresh deployment id per test, and clean-up by label afterwards.""
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
-import redis
 
+from bench.stack import RedisServer, free_port, wait_until  # noqa: F401 (the tests import them from here)
 from pool_manager.manager import PoolManager
 from pool_manager.runtimes.docker import DockerRuntime
 from pool_manager.settings import load_settings, reference_pool
@@ -19,52 +16,15 @@ RUN_ID = f"t{secrets.token_hex(3)}"  # every deployment id of this test session 
 IMAGE = "greenroom/chatbot:latest"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    server = shutil.which("redis-server")
-    if not server:
+    """A redis-server of this test session's own, on a free loopback port."""
+    if not shutil.which("redis-server"):
         pytest.fail("redis-server is not installed: run `make test`, which installs it")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    wait_until(lambda: _pings(client), 10, message="redis-server")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")

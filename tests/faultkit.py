@@ -122,7 +122,7 @@ def wait_pool(client: httpx.Client, timeout: float = 30, **expected) -> dict:
 
     try:
         return wait_until(matches, timeout, interval=0.1, message=f"pool counts {expected}")
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; last status: {last}") from None
 
 
