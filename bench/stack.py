@@ -47,6 +47,25 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
 
 
+def start_program(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """argv in a process group of its own (a signal reaches its children too), output to log."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Signal the group, wait; SIGKILL what is left after timeout."""
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout)
+    except ProcessLookupError:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
 def pool_toml(pools: dict[str, dict]) -> str:
     """[pools.<name>] tables from plain dicts (inline tables for dict values)."""
     lines = []
@@ -159,20 +178,10 @@ class Stack:
         }[name]
 
     def start_one(self, name: str) -> None:
-        with open(self.folder / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(self.command(name), env=self.env, stdout=log,
-                                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = start_program(self.command(name), self.env, self.folder / f"{name}.log")
 
     def kill(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout)
-        except ProcessLookupError:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop_process_group(self.processes.pop(name), sig, timeout)
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items() if process.poll() is None}

@@ -2,7 +2,6 @@
 state against Docker's view, job events, polls that survive restarts, a stopwatch."""
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -11,9 +10,10 @@ from collections import defaultdict
 import httpx
 import redis
 
+from bench.stack import start_program, stop_process_group
 from conftest import wait_until
-from stack import VENV_BIN, Stack
 from pool_manager.state import STATES
+from stack import VENV_BIN, Stack
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -29,15 +29,14 @@ class Programs:
         self.running: dict[str, subprocess.Popen] = {}
 
     def start(self, key: str, *argv: str, **env: str) -> subprocess.Popen:
-        with open(self.stack.folder / f"{key}.log", "ab") as log:
-            process = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], env=self.stack.env | env,
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.running[key] = process
+        argv = [str(VENV_BIN / argv[0]), *argv[1:]]
+        log = self.stack.folder / f"{key}.log"
+        self.running[key] = process = start_program(argv, self.stack.env | env, log)
         return process
 
     def api(self) -> subprocess.Popen:
-        """`greenroom api`, which loads api.gunicorn_conf (long polls end on SIGTERM);
-        Stack's own `api` is bare gunicorn, without that hook."""
+        """`greenroom api`, which loads api.gunicorn_conf (long polls end on SIGTERM),
+        under this module's control so that a test can signal and restart it."""
         process = self.start("api", "greenroom", "api", "--workers", "1", "--threads", "16")
         wait_until(lambda: api_answers(self.stack), 30, message="the API")
         return process
@@ -48,15 +47,7 @@ class Programs:
         return process
 
     def stop(self, key: str, timeout: float = 15) -> None:
-        process = self.running.pop(key)
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop_process_group(self.running.pop(key), timeout=timeout)
 
     def stop_all(self) -> None:
         for key in list(self.running):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from bench.stack import start_program, stop_process_group
 from conftest import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,22 +138,6 @@ def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path
     assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()  # the child was stopped too
 
 
-def _start(args, env, log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen([GREENROOM, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 @pytest.fixture
 def api_stack(request, cli_env, make_manager, tmp_path):
     """`greenroom api` and `greenroom worker` (both queues); make_manager's teardown then
@@ -167,15 +152,15 @@ def api_stack(request, cli_env, make_manager, tmp_path):
         f"command = {json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])}\n"
         'runtime = "process"\ntarget_idle = 1\nmax_total = 4\nenv = { BOOT_SECONDS = "0.2" }\n')
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
-    processes = [_start(["api", "--workers", "1", "--threads", "8"], env, logs["api"]),
-                 _start(["worker"], env, logs["worker"])]
+    processes = [start_program([GREENROOM, "api", "--workers", "1", "--threads", "8"], env, logs["api"], cwd=REPO),
+                 start_program([GREENROOM, "worker"], env, logs["worker"], cwd=REPO)]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _healthy(url), 30, interval=0.2, message="the API")
         yield {"url": url, "env": env}
     finally:
         for process in processes:
-            _stop(process)
+            stop_process_group(process)
         if getattr(request.node, "report_call", None) and request.node.report_call.failed:
             for name, log in logs.items():
                 print(f"--- {name} log ---\n{log.read_text(errors='replace')[-20000:]}")
@@ -221,11 +206,11 @@ def test_beat_keeps_its_schedule_out_of_the_cwd_and_sends_reconciles(cli_env, re
     env = cli_env | {"GREENROOM_REDIS_URL": url, "GREENROOM_RECONCILE_INTERVAL_S": "0.5"}
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    beat = _start(["beat"], env, tmp_path / "beat.log", cwd=cwd)
+    beat = start_program([GREENROOM, "beat"], env, tmp_path / "beat.log", cwd=cwd)
     try:
         wait_until(lambda: client.llen("greenroom.pool") > 0, 30, interval=0.2, message="a reconcile on greenroom.pool")
     finally:
-        _stop(beat)
+        stop_process_group(beat)
         client.delete("greenroom.pool")
     assert list(cwd.iterdir()) == []
     assert list((tmp_path / "state" / "beat").glob(f"{env['GREENROOM_DEPLOYMENT']}-schedule*"))

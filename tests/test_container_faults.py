@@ -1,5 +1,7 @@
 """Containers that die or hang mid-job: clear errors, no leaks, the pool refills."""
 
+from contextlib import contextmanager
+
 import pytest
 
 from conftest import wait_until
@@ -8,20 +10,24 @@ from stack import Stack, chat, wait_for_pool
 pytestmark = pytest.mark.timeout(120)
 
 
-def start_stack(redis_url, tmp_path_factory, name: str, env: dict, **settings) -> Stack:
+@contextmanager
+def running_stack(request, redis_url, tmp_path_factory, name: str, env: dict, **settings):
+    """A stack whose pool runs the reference image with the given fault switches."""
     pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 1, "max_total": 6,
             "env": {"BOOT_SECONDS": "1"} | env}
-    stack = Stack(redis_url, name, tmp_path_factory.mktemp(name), pool, **settings)
-    return stack.start("pool", "chat", "api")
+    stack = Stack(redis_url, name, tmp_path_factory.mktemp(name), pool, **settings).start("pool", "chat", "api")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        if request.session.testsfailed:
+            print(stack.logs())
 
 
 @pytest.fixture(scope="module")
 def dying(redis_url, docker_engine, tmp_path_factory, request):
-    stack = start_stack(redis_url, tmp_path_factory, "dying", {"FAULT_EXIT_AFTER_REPLIES": "1"})
-    yield stack
-    stack.stop()
-    if request.session.testsfailed:
-        print(stack.logs())
+    with running_stack(request, redis_url, tmp_path_factory, "dying", {"FAULT_EXIT_AFTER_REPLIES": "1"}) as stack:
+        yield stack
 
 
 def test_a_container_that_dies_gives_container_lost_to_the_next_message(dying, docker_engine):
@@ -42,11 +48,9 @@ def test_a_container_that_dies_gives_container_lost_to_the_next_message(dying, d
 
 @pytest.fixture(scope="module")
 def hanging(redis_url, docker_engine, tmp_path_factory, request):
-    stack = start_stack(redis_url, tmp_path_factory, "hanging", {"FAULT_HANG_REPLIES": "1"}, chat_timeout_s=2)
-    yield stack
-    stack.stop()
-    if request.session.testsfailed:
-        print(stack.logs())
+    with running_stack(request, redis_url, tmp_path_factory, "hanging", {"FAULT_HANG_REPLIES": "1"},
+                       chat_timeout_s=2) as stack:
+        yield stack
 
 
 def test_a_hanging_container_times_out_and_is_destroyed(hanging, docker_engine):

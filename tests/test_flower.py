@@ -4,36 +4,19 @@ matrix): `greenroom flower` and a real `greenroom worker`, as subprocesses."""
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.stack import start_program, stop_process_group
 from conftest import free_port, wait_until
 
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
 USER, PASSWORD = "ops", secrets.token_urlsafe(16)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _start(args, env, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen([GREENROOM, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 @pytest.fixture
@@ -47,11 +30,12 @@ def stack(request, redis_url, deployment, tmp_path):
             "GREENROOM_FLOWER_USER": USER, "GREENROOM_FLOWER_PASSWORD": PASSWORD,
             "GREENROOM_POOLS": json.dumps({"chatbot": {"command": ["true"], "runtime": "process", "target_idle": 0}})}
     logs = {name: tmp_path / f"{name}.log" for name in ("flower", "worker")}
-    processes = [_start(["flower"], env, logs["flower"]),
-                 _start(["worker", "--queue", "pool", "--name", worker_name], env, logs["worker"])]
+    processes = [start_program([GREENROOM, "flower"], env, logs["flower"]),
+                 start_program([GREENROOM, "worker", "--queue", "pool", "--name", worker_name], env,
+                               logs["worker"])]
     yield {"url": f"http://127.0.0.1:{port}", "worker": worker_name, "processes": processes}
     for process in processes:
-        _stop(process)
+        stop_process_group(process)
     if getattr(request.node, "report_call", None) and request.node.report_call.failed:
         for name, log in logs.items():
             print(f"--- {name} log ---\n{log.read_text(errors='replace')}")
