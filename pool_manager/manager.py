@@ -99,7 +99,7 @@ class PoolManager:
         raise SessionClosed(f"session {session_id!r} is {result}")
 
     def renew(self, claim: Claim) -> bool:
-        return self.state.renew_lease(claim.container, self.spec(claim.container.pool).session_idle_ttl_s)
+        return self.state.renew_lease(claim.container, claim.lease_s)
 
     def close_session(self, session_id: str, reason: str = "closed") -> bool:
         """End a session: its container is destroyed, or back to idle when the pool

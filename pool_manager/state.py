@@ -98,6 +98,7 @@ class Container:
 class Claim:
     container: Container
     new: bool  # False: the session already held it (a follow-up, or a redelivered job)
+    lease_s: float  # how far each renewal pushes the lease out (the pool's session_idle_ttl_s)
 
 
 class PoolState:
@@ -184,7 +185,7 @@ class PoolState:
         if not container_id:
             return outcome
         container = self.get(container_id)
-        return Claim(container, new=outcome == "new") if container else "broken"
+        return Claim(container, new=outcome == "new", lease_s=lease_s) if container else "broken"
 
     def session(self, session_id: str) -> dict[str, str]:
         return self.redis.hgetall(self.session_key(session_id))
