@@ -101,3 +101,8 @@ def make_manager(request, redis_url, deployment, tmp_path):
                     print(f"--- logs of {instance.id} ---\n{runtime.logs(instance.id)}")
                 runtime.destroy(instance.id)
         manager.close()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that restart the Docker engine run last: every other test uses it."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_docker_engine") is not None)
