@@ -85,11 +85,12 @@ class PoolManager:
 
     # sessions
     def claim(self, pool: str, session_id: str, job_id: str = "") -> Claim:
-        """The session's container: its own if it has one, else an idle one, atomically
-        (the job, if it waited in line, leaves it in the same step). Raises
-        NoIdleContainer (wait and retry), SessionClosed or SessionModelMismatch."""
+        """The session's container: its own if it has one, else an idle one once no job
+        waits ahead of this one, atomically (the job, if it waited in line, leaves it in
+        the same step). Raises NoIdleContainer (wait and retry), SessionClosed or
+        SessionModelMismatch."""
         spec = self.spec(pool)
-        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s, job_id)
+        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s, self.settings.claim_timeout_s, job_id)
         if isinstance(result, Claim):
             if result.container.pool != pool:
                 raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")

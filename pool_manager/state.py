@@ -20,15 +20,22 @@ STATES = ("warming", "idle", "assigned")
 REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 
-# Claim for a session: its existing container, else the longest-idle one; a job that
-# waited in line leaves it in the same step, so no reconcile counts it as demand after.
-# Returns {container_id, "new"|"existing"} or {false, reason}.
+# Claim for a session: its existing container, else the longest-idle one. New sessions
+# are served first come, first served: a job gets an idle container only while fewer
+# live jobs wait ahead of it in the pool's line (all of them, if it is not in line) than
+# there are idle containers. A job that waited leaves the line in the same step, so no
+# reconcile counts it as demand after. Returns {container_id, "new"|"existing"} or
+# {false, reason}.
 _CLAIM = """
 local session_key, idle, assigned, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local session_id, pool, lease_until, now, prefix, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local stale_before = ARGV[7]
 local session = redis.call('HMGET', session_key, 'container', 'state')
 if session[2] == 'active' then return {session[1], 'existing'} end
 if session[2] then return {false, session[2]} end
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', stale_before)
+local ahead = redis.call('ZRANK', waiting, job_id) or redis.call('ZCARD', waiting)
+if ahead >= redis.call('ZCARD', idle) then return {false, 'empty'} end
 local popped = redis.call('ZPOPMIN', idle)
 if #popped == 0 then return {false, 'empty'} end
 local id = popped[1]
@@ -176,12 +183,14 @@ class PoolState:
             return dict(zip(STATES, pipe.execute(), strict=True))
 
     # sessions and leases
-    def claim(self, pool: str, session_id: str, lease_s: float, job_id: str = "") -> Claim | str:
-        """The session's container, or the reason there is none: 'empty', 'closed', 'broken'."""
+    def claim(self, pool: str, session_id: str, lease_s: float, max_wait_s: float, job_id: str = "") -> Claim | str:
+        """The session's container, or the reason there is none: 'empty' (none idle for
+        this job: the line goes first), 'closed', 'broken'. Entries in line older than
+        max_wait_s are dropped first (see waiting_count)."""
         now = time.time()
         keys = [self.session_key(session_id), *(self.state_key(pool, s) for s in ("idle", "assigned", "waiting"))]
         container_id, outcome = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.prefix,
-                                                             job_id])
+                                                             job_id, now - max_wait_s])
         if not container_id:
             return outcome
         container = self.get(container_id)

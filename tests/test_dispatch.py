@@ -136,6 +136,41 @@ def test_drained_pool_jobs_wait_then_succeed_on_fresh_containers(stack, acme):
     wait_for_pool(acme, idle=2)
 
 
+def test_jobs_waiting_for_a_container_are_served_first_come_first_served(stack, acme):
+    """Four new sessions wait at a full pool (room for 2 sessions beyond earlier tests'
+    open ones); each freed slot goes to the head of the line, never to a later arrival
+    (without the line, whichever waiting worker polls first wins)."""
+    full = acme.get("/v1/pools/chatbot").json()["assigned"] + 2
+    with stack.client("admin") as admin:
+        assert admin.patch("/v1/pools/chatbot", json={"target_idle": 0, "max_total": full}).status_code == 200
+        try:
+            holders = [chat(acme, f"hold {n}")["session_id"] for n in range(2)]  # the 2 idle, now full
+            line = []
+            for position in range(1, 5):
+                body = {"model": "chatbot", "messages": [{"role": "user", "content": f"in line {position}"}]}
+                line.append(acme.post("/v1/jobs", json=body).json()["id"])
+                wait_until(lambda: acme.get(f"/v1/jobs/{line[-1]}").json().get("position") == position, 10,
+                           message=f"job {position} in line")
+            to_close, served = list(holders), []
+            while len(served) < len(line):
+                acme.delete(f"/v1/sessions/{to_close.pop(0)}")  # frees a slot: one boot, one claim
+                job = wait_until(lambda: next((j for job_id in line if job_id not in served
+                                               and (j := acme.get(f"/v1/jobs/{job_id}").json())["status"]
+                                               not in ("queued", "waiting_for_container")), None),
+                                 20, interval=0.05, message="a job to leave the line")
+                served.append(job["id"])
+                to_close.append(job["session_id"])
+                assert job["status"] in ("running", "succeeded"), job
+            assert served == line
+            for job_id in line:
+                assert acme.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()["status"] == "succeeded"
+        finally:
+            admin.patch("/v1/pools/chatbot", json={"target_idle": 2, "max_total": 20})
+    for session in to_close:
+        acme.delete(f"/v1/sessions/{session}")
+    wait_for_pool(acme, idle=2, assigned=full - 2)
+
+
 def test_a_claim_starts_its_replacement_without_waiting_for_beat(stack, acme, docker_engine):
     before = {c.name for c in docker_engine.containers.list(filters={"label": "greenroom.pool=chatbot"})}
     chat(acme, "take one")
