@@ -232,3 +232,19 @@ def _open_and_close(stack: Stack, until: float, sessions: list, failures: list) 
             closed = client.delete(f"/v1/sessions/{job['session_id']}")
             if closed.status_code != 200 or closed.json()["state"] != "closed":
                 failures.append(closed.text)
+
+
+def test_readyz_answers_at_once_while_redis_is_down(durable_redis, tmp_path, stopped_after):
+    """A readiness probe gets its 503 inside a probe's timeout, not after the API's own
+    client has ridden out the outage; and 200 again once Redis is back."""
+    stack = durable_stack(durable_redis, tmp_path, 0)
+    stopped_after[0].append(stack)
+    stack.start("api")
+    with httpx.Client(base_url=stack.api_url, timeout=3) as probe:
+        assert probe.get("/readyz").status_code == 200
+        durable_redis.stop()
+        down = probe.get("/readyz")
+        assert down.status_code == 503
+        assert down.json() == {"status": "not_ready", "checks": {"redis": False, "broker": False}}
+        durable_redis.start()
+        assert probe.get("/readyz").json()["status"] == "ready"
