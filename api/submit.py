@@ -23,13 +23,18 @@ def submit(job: ChatJob) -> dict:
         check_session_usable(job.session_id)
     elif not svc.jobs.own_session(session_id, tenant()):
         raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
-    svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id)
+    record = svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id)
+    if record is None:
+        raise ApiError(409, "conflict", "job id collision; retry")
     try:
-        svc.celery.send_task(CHAT_TASK, kwargs=job.task_kwargs(), task_id=job_id, queue=CHAT_QUEUE)
+        # The job record carries the result: no copy in Celery's result backend, and no
+        # result subscription opened (and closed) per send.
+        svc.celery.send_task(CHAT_TASK, kwargs=job.task_kwargs(), task_id=job_id, queue=CHAT_QUEUE,
+                             ignore_result=True)
     except OperationalError as exc:
         svc.jobs.fail(job_id, "broker_unavailable", "the job could not be queued")
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; retry later") from exc
-    return svc.jobs.get(job_id)
+    return record
 
 
 def check_session_usable(session_id: str) -> None:

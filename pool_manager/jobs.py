@@ -13,8 +13,12 @@ import time
 
 from redis import Redis
 
+from .job_events import JobEvents
+
 FINAL = ("succeeded", "failed", "cancelled")
 CANCELLABLE = ("queued", "waiting_for_container")
+REREAD_S = 1.0  # a long poll re-reads its job at least this often, events or not
+STOP_CHECK_S = 0.25  # and checks this often whether its server is stopping
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -53,6 +57,7 @@ class JobStore:
         self.pending_ttl_s = pending_ttl_s
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
+        self.events = JobEvents(redis, self.channel(""))  # its listener starts on the first wait
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -60,12 +65,13 @@ class JobStore:
     def channel(self, job_id: str) -> str:
         return f"{self.prefix}job-events:{job_id}"
 
-    def create(self, job_id: str, *, tenant: str, model: str, session_id: str) -> bool:
-        """Record a queued job; False (and nothing changed) if the id exists already."""
+    def create(self, job_id: str, *, tenant: str, model: str, session_id: str) -> dict | None:
+        """Record a queued job and return it (as get would); None, and nothing changed,
+        if the id exists already."""
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
                   "status": "queued", "created_at": repr(time.time())}
         pairs = [x for item in fields.items() for x in item]
-        return bool(self._create(keys=[self.key(job_id)], args=[self.pending_ttl_s, *pairs]))
+        return fields if self._create(keys=[self.key(job_id)], args=[self.pending_ttl_s, *pairs]) else None
 
     def own_session(self, session_id: str, tenant: str) -> bool:
         """Bind a session id to a tenant on first use; True if it is (now) theirs."""
@@ -102,14 +108,20 @@ class JobStore:
         return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
 
     def wait(self, job_id: str, timeout: float, stop: threading.Event | None = None) -> dict | None:
-        """The job once final, or as it stands when timeout passes or stop is set (long polling)."""
+        """The job once final, or as it stands when timeout passes or stop is set (long
+        polling). Woken by the job's events; re-read every REREAD_S all the same, so a
+        lost event delays an answer, never loses it."""
         deadline = time.monotonic() + timeout
-        with self.redis.pubsub(ignore_subscribe_messages=True) as events:
-            events.subscribe(self.channel(job_id))  # subscribe first, then read: no event is missed
+        with self.events.watch(job_id) as changed:  # watch first, then read: no event is missed
             job = self.get(job_id)
+            reread_at = time.monotonic() + REREAD_S
             while job and job["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
                 if stop is not None and stop.is_set():
                     break
-                if events.get_message(timeout=min(left, 0.25)):
+                if changed.wait(min(left, STOP_CHECK_S)) or time.monotonic() >= reread_at:
+                    changed.clear()
                     job = self.get(job_id)
-        return self.get(job_id) if job else None
+                    reread_at = time.monotonic() + REREAD_S
+        if job and job["status"] not in FINAL:
+            job = self.get(job_id)
+        return job
