@@ -44,7 +44,7 @@ def scale(name: str):
         services().pools.scale(name, **body)
     except ConfigError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
-    services().celery.send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE)
+    services().celery.send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE, ignore_result=True)
     return dataclasses.asdict(pool_status(name))
 
 

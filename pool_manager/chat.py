@@ -37,8 +37,8 @@ class ChatRelay:
               options: dict | None = None) -> dict:
         """Run the job to a final state and return its record."""
         session = session_id or job_id  # a new session is named after its first job
-        self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session))  # jobs from send_task
-        job = self.jobs.get(job_id)
+        # A job sent with send_task has no record yet; one submitted over HTTP has.
+        job = self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session)) or self.jobs.get(job_id)
         if job["status"] not in FINAL:
             fields = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
             self._run_to_end(job_id, session, float(job["created_at"]), fields)

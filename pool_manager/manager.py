@@ -49,12 +49,16 @@ class PoolManager:
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
     # specs and runtimes
-    def spec(self, pool: str) -> PoolSpec:
-        """The pool's spec with its run-time overrides (pool scale, PATCH) applied."""
+    def configured_spec(self, pool: str) -> PoolSpec:
+        """The pool's spec as configured: right for everything but its scale (SCALABLE)."""
         try:
-            spec = self.settings.pools[pool]
+            return self.settings.pools[pool]
         except KeyError:
             raise UnknownPool(f"no pool named {pool!r}") from None
+
+    def spec(self, pool: str) -> PoolSpec:
+        """The pool's spec with its run-time overrides (pool scale, PATCH) applied."""
+        spec = self.configured_spec(pool)
         overrides = self.state.overrides(pool)
         if not overrides:
             return spec
@@ -89,8 +93,8 @@ class PoolManager:
         waits ahead of this one, atomically (the job, if it waited in line, leaves it in
         the same step). Raises NoIdleContainer (wait and retry), SessionClosed or
         SessionModelMismatch."""
-        spec = self.spec(pool)
-        result = self.state.claim(pool, session_id, spec.session_idle_ttl_s, self.settings.claim_timeout_s, job_id)
+        lease_s = self.configured_spec(pool).session_idle_ttl_s  # not scalable: no read of the overrides
+        result = self.state.claim(pool, session_id, lease_s, self.settings.claim_timeout_s, job_id)
         if isinstance(result, Claim):
             if result.container.pool != pool:
                 raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
@@ -112,7 +116,7 @@ class PoolManager:
         container = self.state.get(session["container"])
         if container is None:
             return True
-        spec = self.spec(container.pool)
+        spec = self.configured_spec(container.pool)
         if spec.recycle and is_healthy(container.endpoint, spec.health_path):
             if self.state.move(container, "assigned", "idle"):
                 self.redis.hdel(self.state.container_key(container.id), "session")

@@ -24,26 +24,26 @@ CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "
 # are served first come, first served: a job gets an idle container only while fewer
 # live jobs wait ahead of it in the pool's line (all of them, if it is not in line) than
 # there are idle containers. A job that waited leaves the line in the same step, so no
-# reconcile counts it as demand after. Returns {container_id, "new"|"existing"} or
-# {false, reason}.
+# reconcile counts it as demand after. Returns {"new"|"existing", the container's hash}
+# or {reason}.
 _CLAIM = """
 local session_key, idle, assigned, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local session_id, pool, lease_until, now, prefix, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local stale_before = ARGV[7]
 local session = redis.call('HMGET', session_key, 'container', 'state')
-if session[2] == 'active' then return {session[1], 'existing'} end
-if session[2] then return {false, session[2]} end
+if session[2] == 'active' then return {'existing', redis.call('HGETALL', prefix .. 'c:' .. session[1])} end
+if session[2] then return {session[2]} end
 redis.call('ZREMRANGEBYSCORE', waiting, '-inf', stale_before)
 local ahead = redis.call('ZRANK', waiting, job_id) or redis.call('ZCARD', waiting)
-if ahead >= redis.call('ZCARD', idle) then return {false, 'empty'} end
+if ahead >= redis.call('ZCARD', idle) then return {'empty'} end
 local popped = redis.call('ZPOPMIN', idle)
-if #popped == 0 then return {false, 'empty'} end
+if #popped == 0 then return {'empty'} end
 local id = popped[1]
 redis.call('ZADD', assigned, lease_until, id)
 redis.call('HSET', prefix .. 'c:' .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
 redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
 redis.call('ZREM', waiting, job_id)
-return {id, 'new'}
+return {'new', redis.call('HGETALL', prefix .. 'c:' .. id)}
 """
 
 # Move a container between state sets only if it is still where the caller saw it, so
@@ -189,12 +189,14 @@ class PoolState:
         max_wait_s are dropped first (see waiting_count)."""
         now = time.time()
         keys = [self.session_key(session_id), *(self.state_key(pool, s) for s in ("idle", "assigned", "waiting"))]
-        container_id, outcome = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.prefix,
-                                                             job_id, now - max_wait_s])
-        if not container_id:
+        outcome, *found = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.prefix,
+                                                       job_id, now - max_wait_s])
+        if not found:
             return outcome
-        container = self.get(container_id)
-        return Claim(container, new=outcome == "new", lease_s=lease_s) if container else "broken"
+        if not found[0]:
+            return "broken"  # the session names a container whose record is gone
+        pairs = iter(found[0])
+        return Claim(Container.from_hash(dict(zip(pairs, pairs))), new=outcome == "new", lease_s=lease_s)
 
     def session(self, session_id: str) -> dict[str, str]:
         return self.redis.hgetall(self.session_key(session_id))

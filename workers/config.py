@@ -38,7 +38,7 @@ def celery_config(settings: Settings) -> dict:
             "reconcile-pools": {
                 "task": RECONCILE_ALL_TASK,
                 "schedule": settings.reconcile_interval_s,
-                "options": {"expires": settings.reconcile_interval_s, "queue": POOL_QUEUE},
+                "options": {"expires": settings.reconcile_interval_s, "queue": POOL_QUEUE, "ignore_result": True},
             }
         },
     )

@@ -41,11 +41,13 @@ def _fresh_clients_after_fork(**_) -> None:
 @worker_ready.connect
 def _fill_pools_at_start(**_) -> None:
     """Fill the pools as soon as a worker is up, not at beat's first tick."""
-    reconcile_all.apply_async(queue=POOL_QUEUE)
+    reconcile_all.apply_async(queue=POOL_QUEUE, ignore_result=True)
 
 
 def request_reconcile(pool: str) -> None:
-    reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s * 4)
+    """Fire and forget (one per claim): no result stored, none subscribed to."""
+    reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s * 4,
+                          ignore_result=True)
 
 
 @app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
@@ -75,7 +77,8 @@ def reconcile_all() -> list[str]:
     """Beat's safety net: one reconcile per pool, each under its own lock."""
     pools = list(settings.pools)
     for pool in pools:
-        reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s)
+        reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s,
+                              ignore_result=True)
     return pools
 
 
