@@ -3,8 +3,10 @@
 
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -40,7 +42,18 @@ def _run_together(commands: dict[str, str], env: dict[str, str]) -> int:
     ends, or on Ctrl-C/SIGTERM, all are stopped. Returns the exit code."""
     from honcho.manager import Manager
 
-    manager = Manager()
+    class PatientManager(Manager):
+        """honcho's Manager, except for a signal that comes before the loop has read every
+        process's pid: honcho's handler raised KeyError('pid') then, and its processes
+        ran on. The signal is sent again a moment later instead."""
+
+        def terminate(self) -> None:
+            if self._all_started():
+                super().terminate()
+            else:
+                threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    manager = PatientManager()
     for name, command in commands.items():
         manager.add_process(name, command, env=env)
     manager.loop()
