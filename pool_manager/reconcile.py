@@ -27,6 +27,7 @@ class ReconcileReport:
     failed: int = 0
     reaped: int = 0
     started: int = 0
+    retired: int = 0
     duration_s: float = 0.0
     started_ids: list[str] = field(default_factory=list)
 
@@ -48,7 +49,7 @@ class ReconcilePass:
         self.adopt_unknown(known, live)
         self.check_warming(known, live)
         self.reap_expired_leases()
-        self.replenish(len(live))
+        self.resize(len(live))
         self.report.duration_s = time.monotonic() - began
         return self.report
 
@@ -123,9 +124,11 @@ class ReconcilePass:
                 self.close_session(container.session)
                 self.report.reaped += 1
 
-    def replenish(self, existing: int) -> None:
-        """Start the whole deficit at once, in parallel, never past max_total. Jobs
-        waiting for a container count as demand on top of target_idle.
+    def resize(self, existing: int) -> None:
+        """Bring idle + warming to the demand: target_idle plus the jobs waiting for a
+        container. Start the whole deficit at once, in parallel, never past max_total;
+        retire idle containers beyond the demand (the target was lowered, or waiting jobs
+        gave up), the most recently idle first.
 
         `existing` is what the runtime listed at the start of this pass: containers on
         their way out (a closed session's, a crashed one's) have left the state sets
@@ -134,6 +137,9 @@ class ReconcilePass:
         than that now."""
         counts = self.state.counts(self.pool)
         demand = self.spec.target_idle + self.state.waiting_count(self.pool, self.max_wait_s)
+        if counts["idle"] > demand:
+            self.retire(counts["idle"] - demand)
+            return
         deficit = demand - counts["idle"] - counts["warming"]
         room = self.spec.max_total - max(sum(counts.values()), existing)
         wanted = max(0, min(deficit, room))
@@ -144,3 +150,13 @@ class ReconcilePass:
                                     range(wanted)))
         self.report.started_ids = [c.id for c in started if c]
         self.report.started = len(self.report.started_ids)
+
+    def retire(self, surplus: int) -> None:
+        """Take `surplus` idle containers out of service at once, then remove them in parallel."""
+        leaving = [c for c in map(self.state.get, self.state.newest_idle(self.pool, surplus))
+                   if c and self.state.move(c, "idle", None)]  # unless claimed meanwhile
+        if not leaving:
+            return
+        with ThreadPoolExecutor(min(len(leaving), MAX_PARALLEL)) as pool:
+            list(pool.map(lambda c: self.lifecycle.destroy(c, self.runtime), leaving))
+        self.report.retired = len(leaving)

@@ -182,6 +182,10 @@ class PoolState:
                 pipe.zcard(self.state_key(pool, state))
             return dict(zip(STATES, pipe.execute(), strict=True))
 
+    def newest_idle(self, pool: str, count: int) -> list[str]:
+        """The ids a claim would hand out last (claims take the longest idle first)."""
+        return self.redis.zrevrange(self.state_key(pool, "idle"), 0, count - 1)
+
     # sessions and leases
     def claim(self, pool: str, session_id: str, lease_s: float, max_wait_s: float, job_id: str = "") -> Claim | str:
         """The session's container, or the reason there is none: 'empty' (none idle for

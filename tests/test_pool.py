@@ -172,6 +172,19 @@ def test_scale_at_run_time(make_manager):
     assert spec.target_idle == 3 and manager.reconcile(POOL).started == 3
 
 
+def test_lowering_target_idle_retires_the_surplus_idle_containers(make_manager, docker_engine):
+    manager = make_manager(target_idle=4)
+    fill(manager, 4)
+    claim = manager.claim(POOL, "s-keep")
+    manager.scale(POOL, target_idle=1)
+    report = manager.reconcile(POOL)
+    assert (report.retired, report.started) == (2, 0)
+    assert manager.state.counts(POOL) == {"warming": 0, "idle": 1, "assigned": 1}
+    kept = set(manager.state.newest_idle(POOL, 1)) | {claim.container.id}
+    assert set(labelled(docker_engine, manager)) == kept  # removed from Docker too
+    assert (manager.reconcile(POOL).retired, manager.reconcile(POOL).started) == (0, 0)  # idempotent
+
+
 def test_process_runtime_serves_a_pool(make_manager):
     manager = make_manager("process", target_idle=2)
     fill(manager, 2)
