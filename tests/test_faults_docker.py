@@ -9,13 +9,14 @@ the survivors kept. conftest runs this module last: it stops the engine every te
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+import docker.errors
 import pytest
+import requests.exceptions
 
 from conftest import wait_until
-from faultkit import Stopwatch, docker_matches_state, report, state_ids, wait_pool
+from faultkit import Stopwatch, report, state_ids, wait_docker_matches_state, wait_pool
 from stack import Stack, chat
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.restarts_docker_engine]
@@ -64,7 +65,7 @@ class DockerDaemon:
 def _answers(engine) -> bool:
     try:
         return engine.ping()
-    except Exception:
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
         return False
 
 
@@ -97,7 +98,7 @@ def test_a_docker_daemon_restart_is_reported_and_recovered(pool_stack, dockerd, 
         ada_container = ada["result"]["greenroom"]["container"]
         wait_pool(client, idle=3, assigned=1)
         before = state_ids(pool_stack)
-        victim = sorted(before["idle"])[0]
+        victim = min(before["idle"])
         victim_pid = docker_engine.api.inspect_container(victim)["State"]["Pid"]
 
         clock = Stopwatch()
@@ -123,8 +124,7 @@ def test_a_docker_daemon_restart_is_reported_and_recovered(pool_stack, dockerd, 
         engine_back = clock()
         recovered = wait_pool(client, 60, idle=3, assigned=2, degraded=False)
         assert recovered["runtime_error"] is None, recovered
-        after = wait_until(lambda: docker_matches_state(docker_engine, pool_stack), 30, interval=0.2,
-                           message="Docker's containers to equal the pool state's")
+        after = wait_docker_matches_state(docker_engine, pool_stack)
         pool_back = clock()
 
     survivors = set().union(*before.values()) - {victim}
