@@ -23,7 +23,8 @@ def submit(job: ChatJob) -> dict:
         check_session_usable(job.session_id)
     elif not svc.jobs.own_session(session_id, tenant()):
         raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
-    record = svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id)
+    record = svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id,
+                             request=job.task_kwargs())
     if record is None:
         raise ApiError(409, "conflict", "job id collision; retry")
     try:

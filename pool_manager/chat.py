@@ -2,21 +2,27 @@
 session), relay the messages, record the reply with its timings.
 
 Idempotent by job id: a redelivered job finds its finished record, or, for a new session
-(whose id is the job id), the container it claimed the first time.
+(whose id is the job id), the container it claimed the first time. Each delivery holds
+the job's lease while it works (jobs.py); a duplicate delivery, which finds another's
+live lease, does nothing.
 """
 
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 from pydantic import ValidationError
 
-from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, GreenroomError, JobCancelled, ModelError,
-                     NoIdleContainer, SessionBusy)
+from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
+                     ModelError, NoIdleContainer, SessionBusy)
+from .heartbeat import Heartbeat
 from .httpclient import http_client
-from .jobs import FINAL, JobStore
+from .jobs import JobStore
 from .manager import PoolManager
 from .schemas import ChatJob
 from .state import Claim
@@ -26,63 +32,88 @@ POLL_S = 0.02  # how often a waiting job retries its claim
 CHECK_S = 0.25  # how often it checks for cancellation and updates its place in line
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt at serving a job. Its token fences out every other attempt's writes."""
+
+    job_id: str
+    token: str
+    lost: threading.Event  # set once the lease lapsed and another delivery may have the job
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise DeliveryLost(f"job {self.job_id} was handed to another delivery")
+
+
 class ChatRelay:
     def __init__(self, manager: PoolManager, jobs: JobStore, request_reconcile: Callable[[str], None]):
         self.manager = manager
         self.jobs = jobs
         self.request_reconcile = request_reconcile  # must return at once (it sends a task)
         self.settings = manager.settings
+        self.lease_s = self.settings.job_lease_s
+        self.heartbeat = Heartbeat(self.lease_s / 3)
 
     def serve(self, job_id: str, model: str, messages: list, session_id: str | None = None,
-              options: dict | None = None) -> dict:
-        """Run the job to a final state and return its record."""
+              options: dict | None = None) -> dict | None:
+        """Run the job to a final state and return its record; None when another delivery
+        holds the job (this one is a duplicate, to be dropped)."""
         session = session_id or job_id  # a new session is named after its first job
+        request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
+        request = {name: value for name, value in request.items() if value is not None}
         # A job sent with send_task has no record yet; one submitted over HTTP has.
-        job = self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session)) or self.jobs.get(job_id)
-        if job["status"] not in FINAL:
-            fields = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
-            self._run_to_end(job_id, session, float(job["created_at"]), fields)
+        self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session), request=request)
+        token = secrets.token_hex(8)
+        taken = self.jobs.take(job_id, token, self.lease_s)
+        if taken == "held":
+            return None
+        if taken == "taken":
+            with self.heartbeat.keep(lambda: self.jobs.renew(job_id, token, self.lease_s)) as lost:
+                job = self.jobs.get(job_id)
+                self._run_to_end(Delivery(job_id, token, lost), session, float(job["created_at"]), request)
         return self.jobs.get(job_id)
 
-    def _run_to_end(self, job_id: str, session: str, created_at: float, fields: dict) -> None:
+    def _run_to_end(self, delivery: Delivery, session: str, created_at: float, fields: dict) -> None:
         """Serve the job and record how it ended; its latency counts in the metrics."""
+        job_id, token = delivery.job_id, delivery.token
         try:
             request = ChatJob(**fields)
-            self.jobs.succeed(job_id, self._run(job_id, request, session, created_at))
+            self.jobs.succeed(job_id, self._run(delivery, request, session, created_at), token)
             outcome = "succeeded"
         except ValidationError as exc:
-            self.jobs.fail(job_id, "invalid_request", _first_problem(exc))
+            self.jobs.fail(job_id, "invalid_request", _first_problem(exc), token)
             return
-        except JobCancelled:
+        except (JobCancelled, DeliveryLost):
             return
         except GreenroomError as exc:
-            self.jobs.fail(job_id, exc.code, str(exc))
+            self.jobs.fail(job_id, exc.code, str(exc), token)
             outcome = "failed"
         except Exception:  # a bug must not leave the job "running" forever
             log.exception("job %s: unexpected error", job_id)
-            self.jobs.fail(job_id, "internal_error", "internal error; the worker log has details")
+            self.jobs.fail(job_id, "internal_error", "internal error; the worker log has details", token)
             raise
         if request.model in self.settings.pools:
             self.manager.state.incr_stat(request.model, f"jobs_{outcome}")
             self.manager.metrics.observe("job_latency_seconds", request.model, time.time() - created_at)
 
-    def _run(self, job_id: str, request: ChatJob, session: str, created_at: float) -> dict:
-        model = request.model
+    def _run(self, delivery: Delivery, request: ChatJob, session: str, created_at: float) -> dict:
+        job_id, model = delivery.job_id, request.model
         body = request.options | {"model": model, "messages": request.model_dump(mode="json")["messages"]}
         began = time.time()
         deadline = time.monotonic() + self.settings.claim_timeout_s  # for every wait of this job together
-        claim, waited = self._claim(job_id, model, session, deadline)
+        claim, waited = self._claim(delivery, model, session, deadline)
         try:
-            reply, in_container = self._relay(job_id, claim, session, body, deadline)
+            reply, in_container = self._relay(delivery, claim, session, body, deadline)
         except ContainerLost as exc:
+            delivery.check()  # the container is the new delivery's business now
             self.manager.close_session(session, reason="broken")
             if not claim.new or isinstance(exc, ContainerTimeout):
                 raise
             log.warning("job %s: container %s lost on a first message; retrying once", job_id, claim.container.id)
             self.manager.state.discard_session(session)
-            claim, waited_again = self._claim(job_id, model, session, deadline)
+            claim, waited_again = self._claim(delivery, model, session, deadline)
             waited += waited_again
-            reply, in_container = self._relay(job_id, claim, session, body, deadline)
+            reply, in_container = self._relay(delivery, claim, session, body, deadline)
         finished = time.time()
         reply["greenroom"] = {
             "job_id": job_id, "session_id": session, "container": claim.container.id,
@@ -92,9 +123,10 @@ class ChatRelay:
         }
         return reply
 
-    def _claim(self, job_id: str, pool: str, session: str, deadline: float) -> tuple[Claim, float]:
+    def _claim(self, delivery: Delivery, pool: str, session: str, deadline: float) -> tuple[Claim, float]:
         """Claim at once, or wait in line while the pool boots more; the wait is 0.0 when
         a container was ready."""
+        job_id = delivery.job_id
         began = time.monotonic()
         waiting = False
         next_check = began
@@ -106,16 +138,17 @@ class ChatRelay:
                 except NoIdleContainer:
                     if not waiting:
                         waiting = True
-                        self._enter_line(job_id, pool)
+                        self._enter_line(delivery, pool)
                     if (now := time.monotonic()) >= next_check:
-                        self._check_still_wanted(job_id, pool)
+                        delivery.check()
+                        self._check_still_wanted(delivery, pool)
                         next_check = now + CHECK_S
                     if now > deadline:
                         raise ClaimTimeout(
                             f"no {pool!r} container became free in {self.settings.claim_timeout_s}s") from None
                     time.sleep(POLL_S)
         finally:
-            if waiting:
+            if waiting and not delivery.lost.is_set():  # a lost delivery's place is its successor's
                 self.manager.state.remove_waiting(pool, job_id)
         waited = (time.monotonic() - began) if waiting else 0.0
         if claim.new:
@@ -123,30 +156,36 @@ class ChatRelay:
             self.manager.state.incr_stat(pool, "claims_waited" if waiting else "claims_warm")
             self.manager.metrics.observe("claim_wait_seconds", pool, waited)
         if not self.jobs.transition(job_id, "running", allowed_from=("queued", "waiting_for_container", "running"),
-                                    container=claim.container.id):
+                                    delivery=delivery.token, container=claim.container.id):
+            if (self.jobs.get(job_id) or {}).get("status") != "cancelled":  # the session is the new holder's
+                raise DeliveryLost(f"job {job_id} was handed to another delivery")
             if claim.new:
                 self.manager.close_session(session)
             raise JobCancelled(job_id)
         return claim, waited
 
-    def _enter_line(self, job_id: str, pool: str) -> None:
-        position = self.manager.state.add_waiting(pool, job_id)
-        self.jobs.transition(job_id, "waiting_for_container", allowed_from=("queued", "waiting_for_container"),
-                             position=position)
+    def _enter_line(self, delivery: Delivery, pool: str) -> None:
+        """Join the pool's line, or keep the place an earlier delivery of the job had."""
+        position = self.manager.state.add_waiting(pool, delivery.job_id)
+        self.jobs.transition(delivery.job_id, "waiting_for_container", allowed_from=("queued", "waiting_for_container"),
+                             delivery=delivery.token, position=position)
         self.request_reconcile(pool)  # the line is demand: boot for it without waiting for beat
 
-    def _check_still_wanted(self, job_id: str, pool: str) -> None:
+    def _check_still_wanted(self, delivery: Delivery, pool: str) -> None:
+        job_id = delivery.job_id
         job = self.jobs.get(job_id)
         if job is None or job["status"] == "cancelled":
             raise JobCancelled(job_id)
         position = self.manager.state.waiting_position(pool, job_id)
         if str(position) != job.get("position"):
             self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
-                                 position=position)
+                                 delivery=delivery.token, position=position)
 
-    def _relay(self, job_id: str, claim: Claim, session: str, body: dict, deadline: float) -> tuple[dict, float]:
+    def _relay(self, delivery: Delivery, claim: Claim, session: str, body: dict,
+               deadline: float) -> tuple[dict, float]:
         """POST the messages to the container, one message of a session at a time."""
-        with self._session_turn(job_id, session, deadline):
+        with self._session_turn(delivery, session, deadline):
+            delivery.check()
             self.manager.renew(claim)
             began = time.monotonic()
             try:
@@ -166,17 +205,19 @@ class ChatRelay:
             raise ModelError("model server answered 200 with a body that is not JSON") from exc
 
     @contextmanager
-    def _session_turn(self, job_id: str, session: str, deadline: float):
-        name = f"session:{session}"
-        hold_s = self.settings.chat_timeout_s + 10
-        while not self.manager.state.try_lock(name, job_id, hold_s):
+    def _session_turn(self, delivery: Delivery, session: str, deadline: float):
+        """One delivery at a time per session. The turn is a lock held like the job's
+        lease: a dead delivery's lapses as its job's does."""
+        name, state = f"session:{session}", self.manager.state
+        while not state.try_lock(name, delivery.token, self.lease_s):
             if time.monotonic() > deadline:
                 raise SessionBusy(f"session {session!r} stayed busy for {self.settings.claim_timeout_s}s")
             time.sleep(POLL_S)
         try:
-            yield
+            with self.heartbeat.keep(lambda: state.renew_lock(name, delivery.token, self.lease_s)):
+                yield
         finally:
-            self.manager.state.unlock(name, job_id)
+            state.unlock(name, delivery.token)
 
 
 def _first_problem(exc: ValidationError) -> str:

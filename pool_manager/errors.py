@@ -9,6 +9,7 @@
     ├── SessionModelMismatch   a session's message named another model
     ├── ClaimTimeout           no container became free within claim_timeout_s
     ├── JobCancelled           the job was cancelled while it waited
+    ├── DeliveryLost           another delivery took the job over (this worker's lease lapsed)
     ├── ContainerLost          the container died or stopped answering mid-job
     │   └── ContainerTimeout   the container did not reply within chat_timeout_s
     ├── ModelError             the model server answered with an error
@@ -53,6 +54,10 @@ class ClaimTimeout(GreenroomError):
 
 class JobCancelled(GreenroomError):
     code = "cancelled"
+
+
+class DeliveryLost(GreenroomError):
+    code = "delivery_lost"
 
 
 class ContainerLost(GreenroomError):

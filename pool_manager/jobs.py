@@ -5,11 +5,18 @@
     queued | waiting_for_container -> cancelled
 
 A final state is never left: a redelivered job finds its result and does not run again.
+
+Deliveries and leases: a worker serving a job holds its lease (the record's `delivery`
+token, and the job's expiry in the deployment's job-leases sorted set), renewed while it
+works. A lease that lapses means the worker died: requeue_lapsed() sends the job again
+from the request kept in its record, and the token fences the dead delivery out, so no
+second reply can land. A delivery that finds another's live lease is a duplicate.
 """
 
 import json
 import threading
 import time
+from collections.abc import Callable
 
 from redis import Redis
 
@@ -20,6 +27,7 @@ CANCELLABLE = ("queued", "waiting_for_container")
 REREAD_S = 1.0  # a long poll re-reads its job at least this often, events or not
 STOP_CHECK_S = 0.25  # and checks this often whether its server is stopping
 
+# Create the record unless the id exists (returns 0 then).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -27,25 +35,71 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# Set fields and the status unless the job is already final (or, when allowed_from is
-# given, unless its status is not one of those). Publishes the new status on the channel.
+# Set fields and the status unless the job is already final, or (allowed_from given) its
+# status is not one of those, or (a delivery token given) that delivery no longer holds
+# the job. A final state drops the lease and the kept request. Publishes the new status.
 _TRANSITION = """
-local key, channel = KEYS[1], KEYS[2]
+local key, channel, leases = KEYS[1], KEYS[2], KEYS[3]
+local new, allowed_from, ttl, delivery, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local final = {succeeded = true, failed = true, cancelled = true}
 local status = redis.call('HGET', key, 'status')
-if not status then return 0 end
-if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
-  if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 0 end
-elseif status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 0 end
-if ARGV[2] ~= '' then
+if not status or final[status] then return 0 end
+if delivery ~= '' and redis.call('HGET', key, 'delivery') ~= delivery then return 0 end
+if allowed_from ~= '' then
   local allowed = false
-  for s in string.gmatch(ARGV[2], '[^,]+') do if s == status then allowed = true end end
+  for s in string.gmatch(allowed_from, '[^,]+') do if s == status then allowed = true end end
   if not allowed then return 0 end
 end
-redis.call('HSET', key, 'status', ARGV[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-if ARGV[3] ~= '' then redis.call('EXPIRE', key, ARGV[3]) end
-redis.call('PUBLISH', channel, ARGV[1])
+redis.call('HSET', key, 'status', new)
+for i = 6, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+if final[new] then
+  redis.call('HDEL', key, 'request', 'delivery')
+  redis.call('ZREM', leases, job_id)
+end
+if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
+redis.call('PUBLISH', channel, new)
 return 1
+"""
+
+# A delivery takes the job: 'taken' unless it is final, or another delivery's lease on it
+# is still live ('held': this delivery is a duplicate and must not run).
+_TAKE = """
+local key, leases = KEYS[1], KEYS[2]
+local job_id, token, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local status = redis.call('HGET', key, 'status')
+if not status then return 'missing' end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 'final' end
+local holder = redis.call('HGET', key, 'delivery')
+local lease = redis.call('ZSCORE', leases, job_id)
+if holder and holder ~= '' and holder ~= token and lease and tonumber(lease) > now then return 'held' end
+redis.call('HSET', key, 'delivery', token)
+redis.call('HINCRBY', key, 'deliveries', 1)
+redis.call('ZADD', leases, expiry, job_id)
+return 'taken'
+"""
+
+# Push the lease out while the delivery still holds the job; 0 when it has lost it.
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'delivery') ~= ARGV[2] then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Release a lapsed lease so the job can be sent again: only if it is still lapsed (another
+# requeuer, or a late renewal, may have come first) and the job is not final. Returns the
+# kept request, or nothing.
+_RELEASE_LAPSED = """
+local key, leases = KEYS[1], KEYS[2]
+local job_id, now = ARGV[1], tonumber(ARGV[2])
+local lease = redis.call('ZSCORE', leases, job_id)
+if not lease or tonumber(lease) > now then return false end
+redis.call('ZREM', leases, job_id)
+local status = redis.call('HGET', key, 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then return false end
+redis.call('HSET', key, 'delivery', '')
+redis.call('HINCRBY', key, 'requeued', 1)
+return redis.call('HGET', key, 'request') or false
 """
 
 
@@ -57,6 +111,10 @@ class JobStore:
         self.pending_ttl_s = pending_ttl_s
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
+        self._take = redis.register_script(_TAKE)
+        self._renew = redis.register_script(_RENEW)
+        self._release_lapsed = redis.register_script(_RELEASE_LAPSED)
+        self.leases = f"{self.prefix}job-leases"
         self.events = JobEvents(redis, self.channel(""))  # its listener starts on the first wait
 
     def key(self, job_id: str) -> str:
@@ -65,11 +123,12 @@ class JobStore:
     def channel(self, job_id: str) -> str:
         return f"{self.prefix}job-events:{job_id}"
 
-    def create(self, job_id: str, *, tenant: str, model: str, session_id: str) -> dict | None:
+    def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict) -> dict | None:
         """Record a queued job and return it (as get would); None, and nothing changed,
-        if the id exists already."""
+        if the id exists already. `request` (the task's kwargs) is kept until the job ends,
+        so that the job can be sent again if its worker dies."""
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
-                  "status": "queued", "created_at": repr(time.time())}
+                  "status": "queued", "created_at": repr(time.time()), "request": json.dumps(request)}
         pairs = [x for item in fields.items() for x in item]
         return fields if self._create(keys=[self.key(job_id)], args=[self.pending_ttl_s, *pairs]) else None
 
@@ -91,21 +150,53 @@ class JobStore:
                 fields[name] = json.loads(fields[name])
         return fields
 
-    def transition(self, job_id: str, status: str, allowed_from: tuple[str, ...] = (), **fields) -> bool:
+    def transition(self, job_id: str, status: str, allowed_from: tuple[str, ...] = (), delivery: str = "",
+                   **fields) -> bool:
+        """Move the job to status (see _TRANSITION); with a delivery token, only while that
+        delivery holds the job."""
         ttl = self.result_ttl_s if status in FINAL else ""
         pairs = [str(x) for k, v in fields.items() for x in (k, json.dumps(v) if isinstance(v, dict) else v)]
-        return bool(self._transition(keys=[self.key(job_id), self.channel(job_id)],
-                                     args=[status, ",".join(allowed_from), ttl, *pairs]))
+        return bool(self._transition(keys=[self.key(job_id), self.channel(job_id), self.leases],
+                                     args=[status, ",".join(allowed_from), ttl, delivery, job_id, *pairs]))
 
-    def succeed(self, job_id: str, result: dict) -> bool:
-        return self.transition(job_id, "succeeded", result=result, finished_at=repr(time.time()))
+    def succeed(self, job_id: str, result: dict, delivery: str = "") -> bool:
+        return self.transition(job_id, "succeeded", delivery=delivery, result=result, finished_at=repr(time.time()))
 
-    def fail(self, job_id: str, code: str, message: str) -> bool:
+    def fail(self, job_id: str, code: str, message: str, delivery: str = "") -> bool:
         error = {"code": code, "message": message}
-        return self.transition(job_id, "failed", error=error, finished_at=repr(time.time()))
+        return self.transition(job_id, "failed", delivery=delivery, error=error, finished_at=repr(time.time()))
 
     def cancel(self, job_id: str) -> bool:
         return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
+
+    # deliveries and their leases
+    def take(self, job_id: str, delivery: str, lease_s: float) -> str:
+        """'taken' (this delivery serves the job, under a lease of lease_s), 'final', 'held'
+        (another delivery's lease is live: this one is a duplicate) or 'missing'."""
+        now = time.time()
+        return self._take(keys=[self.key(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
+
+    def renew(self, job_id: str, delivery: str, lease_s: float) -> bool:
+        """Push the lease out; False once the delivery no longer holds the job."""
+        return bool(self._renew(keys=[self.key(job_id), self.leases], args=[job_id, delivery, time.time() + lease_s]))
+
+    def requeue_lapsed(self, send: Callable[[str, dict], None]) -> list[str]:
+        """Send again every unfinished job whose lease lapsed (its worker died): send(job_id,
+        kwargs) must queue the task under the same id. A send that fails is retried at the
+        next call. Returns the ids sent."""
+        now = time.time()
+        sent = []
+        for job_id in self.redis.zrangebyscore(self.leases, "-inf", now):
+            request = self._release_lapsed(keys=[self.key(job_id), self.leases], args=[job_id, now])
+            if not request:
+                continue
+            try:
+                send(job_id, json.loads(request))
+            except Exception:
+                self.redis.zadd(self.leases, {job_id: now})  # lapsed still: the next call retries
+                raise
+            sent.append(job_id)
+        return sent
 
     def wait(self, job_id: str, timeout: float, stop: threading.Event | None = None) -> dict | None:
         """The job once final, or as it stands when timeout passes or stop is set (long

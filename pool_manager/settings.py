@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     boot_backoff_s: tuple[float, float] = (1.0, 60.0)  # pause after a failed boot: first, longest
     claim_timeout_s: float = Field(300, gt=0)  # how long a job waits for a container
     chat_timeout_s: float = Field(120, gt=0)  # how long a container may take to reply
+    # A worker renews its hold on each job it serves; when it dies, its jobs are sent again
+    # once this lapses (checked every job_lease_s / 2), not after the broker's visibility timeout.
+    job_lease_s: float = Field(10, ge=1)
     result_ttl_s: int = Field(86400, gt=0)  # how long finished jobs can be polled
     chat_concurrency: int = Field(16, ge=1)  # relaying threads per chat worker
 

@@ -72,6 +72,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Extend a lock only if we still hold it.
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # Release a lock only if we still hold it.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -117,6 +123,7 @@ class PoolState:
         self._end_session = redis.register_script(_END_SESSION)
         self._lock = redis.register_script(_LOCK)
         self._unlock = redis.register_script(_UNLOCK)
+        self._renew_lock = redis.register_script(_RENEW_LOCK)
 
     # keys
     def key(self, *parts: str) -> str:
@@ -289,6 +296,9 @@ class PoolState:
     # locks: the reconcile lock per pool, the one-message-at-a-time lock per session
     def try_lock(self, name: str, token: str, ttl_s: float) -> bool:
         return bool(self._lock(keys=[self.key("lock", name)], args=[token, int(ttl_s * 1000)]))
+
+    def renew_lock(self, name: str, token: str, ttl_s: float) -> bool:
+        return bool(self._renew_lock(keys=[self.key("lock", name)], args=[token, int(ttl_s * 1000)]))
 
     def unlock(self, name: str, token: str) -> None:
         self._unlock(keys=[self.key("lock", name)], args=[token])

@@ -5,7 +5,7 @@ from celery import Celery
 
 from pool_manager.settings import Settings
 
-from .names import CHAT_QUEUE, POOL_QUEUE, RECONCILE_ALL_TASK
+from .names import CHAT_QUEUE, POOL_QUEUE, RECONCILE_ALL_TASK, REQUEUE_TASK
 
 
 def celery_config(settings: Settings) -> dict:
@@ -39,7 +39,12 @@ def celery_config(settings: Settings) -> dict:
                 "task": RECONCILE_ALL_TASK,
                 "schedule": settings.reconcile_interval_s,
                 "options": {"expires": settings.reconcile_interval_s, "queue": POOL_QUEUE, "ignore_result": True},
-            }
+            },
+            "requeue-lapsed-jobs": {  # a dead worker's jobs go out again within about a lease
+                "task": REQUEUE_TASK,
+                "schedule": settings.job_lease_s / 2,
+                "options": {"expires": settings.job_lease_s / 2, "queue": POOL_QUEUE, "ignore_result": True},
+            },
         },
     )
 

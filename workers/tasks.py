@@ -3,6 +3,7 @@
 import dataclasses
 from functools import lru_cache
 
+from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready
 from celery.utils.log import get_task_logger
 
@@ -13,7 +14,8 @@ from pool_manager.manager import PoolManager
 from pool_manager.settings import get_settings
 
 from .app import app
-from .names import CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK, RECONCILE_TASK
+from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK,
+                    RECONCILE_TASK, REQUEUE_TASK)
 
 log = get_task_logger(__name__)
 settings = get_settings()
@@ -55,6 +57,8 @@ def request_reconcile(pool: str) -> None:
 def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None) -> dict:
     """Serve one chat message; the job id is the task id."""
     record = relay().serve(self.request.id, model, messages, session_id, options)
+    if record is None:  # a duplicate: another delivery holds the job; acknowledged, nothing stored
+        raise Ignore()
     if record["status"] == "failed":
         raise ChatFailed(f"{record['error']['code']}: {record['error']['message']}")
     return record
@@ -80,6 +84,18 @@ def reconcile_all() -> list[str]:
         reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s,
                               ignore_result=True)
     return pools
+
+
+@app.task(name=REQUEUE_TASK)
+def requeue_lapsed_jobs() -> list[str]:
+    """Send again, under the same id, every job whose worker stopped renewing its lease."""
+    return relay().jobs.requeue_lapsed(_send_again)
+
+
+def _send_again(job_id: str, kwargs: dict) -> None:
+    # HTTP jobs keep their result in the job record; send_task callers read Celery's backend.
+    from_http = bool((relay().jobs.get(job_id) or {}).get("tenant"))
+    chat.apply_async(kwargs=kwargs, task_id=job_id, queue=CHAT_QUEUE, ignore_result=from_http)
 
 
 @app.task(name=CLOSE_SESSION_TASK)
