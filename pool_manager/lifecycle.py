@@ -70,7 +70,9 @@ class Lifecycle:
         if not self.state.move(container, "warming", "idle"):
             return False
         self.state.boot_succeeded(container.pool)
-        self.metrics.observe("boot_seconds", container.pool, time.time() - container.created_at)
+        booted_s = time.time() - container.created_at
+        self.metrics.observe("boot_seconds", container.pool, booted_s)
+        log.info("pool %s: %s ready in %.1fs", container.pool, container.id, booted_s)
         return True
 
     def fail(self, container: Container, runtime: Runtime) -> None:
@@ -87,7 +89,7 @@ class Lifecycle:
     def destroy(self, container: Container, runtime: Runtime) -> None:
         """Take it out of service at once, then remove it. If the runtime fails, its record
         stays as 'gone', so no reconcile adopts it and the next one retries the removal."""
-        self.state.retire(container)
+        self.state.mark_gone(container)
         try:
             runtime.destroy(container.id)
         except RuntimeFailure as exc:
@@ -95,3 +97,4 @@ class Lifecycle:
             return
         self.state.forget(container)
         self.ports.release(container.port)
+        log.info("pool %s: %s removed", container.pool, container.id)

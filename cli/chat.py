@@ -8,7 +8,8 @@ import threading
 import click
 import httpx
 
-from ..jobs import FINAL
+from pool_manager.schemas import FINAL
+
 from .up import HOME, SECRETS_FILE, _read_env_file
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"

@@ -12,12 +12,12 @@ from typing import NoReturn
 
 import click
 
-from ..settings import Settings, get_settings
+from pool_manager.settings import Settings, get_settings
+from workers.names import CHAT_QUEUE, POOL_QUEUE
 
 CELERY_APP = "workers.app"
 API_APP = "api:create_app()"
-# Public queue names (workers/names.py), repeated because pool_manager imports no workers code.
-QUEUES = {"chat": "greenroom.chat", "pool": "greenroom.pool"}
+QUEUES = {"chat": CHAT_QUEUE, "pool": POOL_QUEUE}
 POOL_CONCURRENCY = 4  # maintenance: reconcile passes, session closes
 
 

@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..settings import Settings, get_settings
+from pool_manager.settings import Settings, get_settings
+
 from .programs import _run_together, _url
 
 HOME = Path(".greenroom")  # `up`'s own state, in the directory it runs from
 SECRETS_FILE = "secrets.env"
-PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
 
 
 @click.command()
