@@ -1,30 +1,29 @@
 """`greenroom up`: the whole stack from the Procfile under honcho, a local Redis when
-needed, and generated credentials kept in HOME/secrets.env."""
+needed, generated credentials (secretfile.py), and for each program an environment that
+holds the secrets it needs and no others."""
 
 import hashlib
-import ipaddress
 import json
 import os
-import secrets
 import shlex
-import shutil
-import socket
-import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
 from pool_manager.settings import Settings, get_settings
 
+from .local_redis import local_redis, require_password, with_password
 from .programs import _run_together, _url
+from .secretfile import HOME, SECRETS_FILE, generated_secrets
 
-HOME = Path(".greenroom")  # `up`'s own state, in the directory it runs from
-SECRETS_FILE = "secrets.env"
 PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
+# What a program inherits from `up`'s environment, besides the GREENROOM_* settings.
+PASSED = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
+          "PYTHONPATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"}
+# Secrets no program inherits: the API key table goes to `api` alone, the Flower password
+# to `flower` alone (_program_env); every program gets the Redis URL, password included.
+WITHHELD = {"GREENROOM_API_KEYS", "GREENROOM_FLOWER_PASSWORD", "GREENROOM_TOKEN", "GREENROOM_REDIS_PASSWORD"}
 
 
 @click.command()
@@ -37,16 +36,21 @@ def up(procfile: Path | None, home: Path) -> None:
     worker, beat and Flower; and Redis too, when the configured one is local and down.
 
     Without configured API keys, an admin token and a Flower password are made once and
-    kept in HOME/secrets.env (mode 0600)."""
+    kept in HOME/secrets.env (mode 0600), and a Redis password when the Redis URL has none.
+    The API gets the token's digest only, Flower alone its password."""
     settings = get_settings()
     commands = _procfile_commands(procfile or PROCFILE)
     home = home.resolve()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    generated = _generated_secrets(settings, home / SECRETS_FILE)
-    env = _stack_env(settings, home, generated)
-    with _local_redis(settings.redis_url, home / "redis"):
+    generated = generated_secrets(settings, home / SECRETS_FILE)
+    redis_url = settings.redis_url
+    if password := generated.get("GREENROOM_REDIS_PASSWORD"):
+        redis_url = with_password(redis_url, password)
+    with local_redis(redis_url, home / "redis"):
+        require_password(redis_url)
         _print_welcome(settings, home / SECRETS_FILE, generated)
-        code = _run_together(commands, env)
+        common = _common_env(home, redis_url)
+        code = _run_together(commands, {name: _program_env(name, common, settings, generated) for name in commands})
     sys.exit(code)
 
 
@@ -61,142 +65,38 @@ def _procfile_commands(path: Path) -> dict[str, str]:
     return commands
 
 
-def _stack_env(settings: Settings, home: Path, generated: dict[str, str]) -> dict[str, str]:
-    """The children's environment: this one, the venv first on PATH (the Procfile says
-    `greenroom ...`), the generated credentials (the API gets the token's digest only)."""
-    env = dict(os.environ)
+def _common_env(home: Path, redis_url: str) -> dict[str, str]:
+    """What every program gets: the allowlisted variables, the GREENROOM_* settings but the
+    secret ones, the venv first on PATH (the Procfile says `greenroom ...`), the Redis URL."""
+    env = {name: value for name, value in os.environ.items()
+           if name in PASSED or name.startswith("LC_") or (name.startswith("GREENROOM_") and name not in WITHHELD)}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.setdefault("GREENROOM_STATE_DIR", str(home / "state"))
-    env.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach honcho as they happen
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach honcho as they happen
+    env["GREENROOM_REDIS_URL"] = redis_url
+    return env
+
+
+def _program_env(name: str, common: dict[str, str], settings: Settings, generated: dict[str, str]) -> dict[str, str]:
+    """common, plus the one secret setting this Procfile process needs, if any."""
+    if name == "api":
+        return common | {"GREENROOM_API_KEYS": _api_keys(settings, generated)}
+    if name == "flower":
+        password = generated.get("GREENROOM_FLOWER_PASSWORD") or settings.flower_password.get_secret_value()
+        return common | {"GREENROOM_FLOWER_PASSWORD": password}
+    return common
+
+
+def _api_keys(settings: Settings, generated: dict[str, str]) -> str:
+    """The configured keys, or the generated token's digest (the API never sees it plain)."""
     if token := generated.get("GREENROOM_TOKEN"):
         digest = hashlib.sha256(token.encode()).hexdigest()
-        env["GREENROOM_API_KEYS"] = json.dumps({_admin_tenant(settings): f"sha256:{digest}"})
-    if password := generated.get("GREENROOM_FLOWER_PASSWORD"):
-        env["GREENROOM_FLOWER_PASSWORD"] = password
-    return env
+        return json.dumps({_admin_tenant(settings): f"sha256:{digest}"})
+    return json.dumps({tenant: key.get_secret_value() for tenant, key in settings.api_keys.items()})
 
 
 def _admin_tenant(settings: Settings) -> str:
     return settings.admin_tenants[0] if settings.admin_tenants else "admin"
-
-
-def _generated_secrets(settings: Settings, path: Path) -> dict[str, str]:
-    """The credentials settings lack, from the secrets file or made now and saved there."""
-    wanted = []
-    if not settings.api_keys:
-        wanted.append("GREENROOM_TOKEN")
-    if settings.flower_password is None:
-        wanted.append("GREENROOM_FLOWER_PASSWORD")
-    saved = _read_env_file(path)
-    values = {name: saved.get(name) or secrets.token_urlsafe(32) for name in wanted}
-    if any(saved.get(name) != value for name, value in values.items()):
-        _write_env_file(path, saved | values)
-    return values
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    """NAME=value lines (shell-quoted values allowed); tightens a too-open mode to 0600."""
-    if not path.is_file():
-        return {}
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    values = {}
-    for line in path.read_text().splitlines():
-        name, sep, value = line.strip().partition("=")
-        if sep and name and not name.startswith("#"):
-            try:
-                values[name.strip()] = " ".join(shlex.split(value))
-            except ValueError:
-                continue  # an unbalanced quote: treat the line as absent
-    return values
-
-
-def _write_env_file(path: Path, values: dict[str, str]) -> None:
-    """Write atomically, created 0600 (never readable by others, not even for a moment)."""
-    lines = ["# greenroom up: generated credentials. Keep private; delete this file to rotate them.",
-             "# Load into a shell with: set -a; . ./.greenroom/secrets.env; set +a",
-             *(f"{name}={shlex.quote(value)}" for name, value in values.items())]
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("\n".join(lines) + "\n")
-    os.replace(temporary, path)
-
-
-@contextmanager
-def _local_redis(url: str, data_dir: Path):
-    """Start redis-server (append-only file in data_dir, so jobs survive a restart) for
-    the lifetime of the block, when url points at this machine and nothing answers there."""
-    address = _loopback_address(url)
-    if address is None or _answers(*address):
-        yield
-        return
-    server = _start_redis(url, *address, data_dir)
-    try:
-        yield
-    finally:
-        _stop(server)
-
-
-def _loopback_address(url: str) -> tuple[str, int] | None:
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or not parts.hostname:
-        return None
-    host = parts.hostname
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    return (host, parts.port or 6379) if loopback else None
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _start_redis(url: str, host: str, port: int, data_dir: Path) -> subprocess.Popen:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise click.ClickException(
-            f"nothing answers at {host}:{port} and redis-server is not installed: install it "
-            "(apt-get install redis-server) or point GREENROOM_REDIS_URL at a running Redis")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    config = data_dir / "redis.conf"
-    _write_redis_config(config, url, host, port, data_dir)
-    server = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60  # a long append-only file takes a while to load
-    while not _answers(host, port):
-        if server.poll() is not None or time.monotonic() > deadline:
-            _stop(server)
-            raise click.ClickException(f"redis-server did not start; see {data_dir / 'redis.log'}")
-        time.sleep(0.1)
-    click.echo(f"redis: started on {host}:{port}, data in {data_dir}", err=True)
-    return server
-
-
-def _write_redis_config(config: Path, url: str, host: str, port: int, data_dir: Path) -> None:
-    """A config file rather than arguments, so a password in the URL never shows in `ps`."""
-    bind = "127.0.0.1 -::1" if host == "localhost" else host
-    lines = [f"bind {bind}", f"port {port}", f'dir "{data_dir}"', f'logfile "{data_dir / "redis.log"}"',
-             "appendonly yes", 'save ""', "protected-mode yes", "daemonize no"]
-    if password := urlsplit(url).password:
-        lines.append(f'requirepass "{password}"')
-    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("\n".join(lines) + "\n")
-
-
-def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _print_welcome(settings: Settings, secrets_path: Path, generated: dict[str, str]) -> None:

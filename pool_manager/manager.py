@@ -48,7 +48,8 @@ class PoolManager:
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
-            options = {"docker_host": self.settings.docker_host} if name == "docker" else {}
+            options = {"docker": {"docker_host": self.settings.docker_host},
+                       "process": {"state_dir": self.settings.state_dir}}.get(name, {})
             self._runtimes[name] = runtime_class(name)(self.settings.deployment, **options)
         return self._runtimes[name]
 

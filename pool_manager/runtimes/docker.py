@@ -7,6 +7,7 @@ from datetime import datetime
 
 import docker
 import docker.errors
+from docker.types import LogConfig, Ulimit
 import requests.exceptions
 
 from ..errors import RuntimeFailure, RuntimeUnavailable
@@ -27,6 +28,8 @@ def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolS
         memswap_limit=spec.mem_limit,  # no swap beyond the memory limit
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids_limit,
+        ulimits=[Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile)],
+        log_config=LogConfig(type="json-file", config={"max-size": spec.log_max_size, "max-file": "3"}),
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         read_only=True,
