@@ -35,7 +35,8 @@ def host_network_variant(doc: dict) -> dict:
             service["network_mode"] = "host"
         if "build" in service:
             service["build"]["context"] = str(REPO / service["build"]["context"])
-        service["volumes"] = [_absolute(volume) for volume in service.get("volumes", [])]
+        if "volumes" in service:
+            service["volumes"] = [_absolute(volume) for volume in service["volumes"]]
     return doc
 
 

@@ -2,6 +2,7 @@
 stack brought up from it, on host networking (tests/compose_stack.py says why), serving a
 chat through to a pool container."""
 
+import copy
 import json
 import os
 import re
@@ -92,7 +93,7 @@ def host_test_overrides(ports: dict[str, int], doc: dict) -> dict:
         "GREENROOM_POOLS": json.dumps({"chatbot": {"image": CHATBOT_IMAGE, "network": "host",
                                                    "env": {"BOOT_SECONDS": "1"}}}),
     }}
-    services = {name: json.loads(json.dumps(shared)) for name in GREENROOM_SERVICES}
+    services = {name: copy.deepcopy(shared) for name in GREENROOM_SERVICES}
     services["api"]["build"] = {"network": "none"}
     services["api"]["environment"] |= {"GREENROOM_API_HOST": "127.0.0.1", "GREENROOM_API_PORT": str(ports["api"])}
     services["flower"]["environment"] |= {"GREENROOM_FLOWER_HOST": "127.0.0.1",
@@ -105,6 +106,14 @@ def host_test_overrides(ports: dict[str, int], doc: dict) -> dict:
     return {"services": services}
 
 
+def compose_env(stack: dict) -> dict[str, str]:
+    """What .env would hold: local images, an offline build, this stack's secrets."""
+    return {"BASE_IMAGE": "greenroom/base:bookworm", "GREENROOM_INSTALL_FROM": "wheelhouse",
+            "GREENROOM_REDIS_IMAGE": "greenroom/redis:bookworm", "GREENROOM_DEPLOYMENT": stack["deployment"],
+            "GREENROOM_REDIS_PASSWORD": stack["secrets"]["redis"],
+            "GREENROOM_API_KEYS": "'" + json.dumps({"admin": stack["secrets"]["token"]}) + "'",
+            "GREENROOM_FLOWER_PASSWORD": stack["secrets"]["flower"],
+            "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid)}
 
 
 @pytest.fixture
@@ -124,15 +133,9 @@ def compose_stack(request, docker_engine, tmp_path):
         "ports": {"redis": free_port(), "api": free_port(), "flower": free_port()},
         "secrets": {"redis": secrets.token_hex(24), "token": secrets.token_hex(24), "flower": secrets.token_hex(24)},
     }
-    env = {"BASE_IMAGE": "greenroom/base:bookworm", "GREENROOM_INSTALL_FROM": "wheelhouse",
-           "GREENROOM_REDIS_IMAGE": "greenroom/redis:bookworm", "GREENROOM_DEPLOYMENT": stack["deployment"],
-           "GREENROOM_REDIS_PASSWORD": stack["secrets"]["redis"],
-           "GREENROOM_API_KEYS": "'" + json.dumps({"admin": stack["secrets"]["token"]}) + "'",
-           "GREENROOM_FLOWER_PASSWORD": stack["secrets"]["flower"],
-           "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid)}
     doc = load_compose()
     files = {"compose.host.yml": host_network_variant(doc), "compose.test.yml": host_test_overrides(stack["ports"], doc)}
-    project = ComposeProject(command, f"grcompose{RUN_ID}{tag}", tmp_path, files, env)
+    project = ComposeProject(command, f"grcompose{RUN_ID}{tag}", tmp_path, files, compose_env(stack))
     stack["project"] = project
     try:
         project.run("build", "api", "chatbot-image", timeout=600)
@@ -195,10 +198,13 @@ def test_the_compose_stack_serves_a_chat_from_a_pool_container(compose_stack, do
     assert int(authed.config_get("maxmemory")["maxmemory"]) > 0
 
     project = stack["project"]
-    argvs = []
-    for service in ("redis", *GREENROOM_SERVICES):
-        argvs += [" ".join(row) for row in docker_engine.api.top(project.container_id(service))["Processes"]]
-    assert any("redis-server" in argv for argv in argvs)
+    argvs = []  # what each container was started with, and its processes' argv now (redis-server
+    for service in ("redis", *GREENROOM_SERVICES):  # rewrites its own, hence both)
+        container = project.container_id(service)
+        attrs = docker_engine.api.inspect_container(container)
+        argvs.append(" ".join([attrs["Path"], *attrs["Args"]]))
+        argvs += [" ".join(row) for row in docker_engine.api.top(container)["Processes"]]
+    assert any("redis-server /tmp/redis.conf" in argv for argv in argvs)
     logs = project.logs()
     assert "Connected to redis://:**@127.0.0.1" in logs  # Celery masks the password itself
     for name, value in secret.items():
