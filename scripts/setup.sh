@@ -123,13 +123,15 @@ step_venv() {
 }
 
 # Wheels of the image's dependencies, pip and setuptools, for an offline image build
-# (Dockerfile, INSTALL_FROM=wheelhouse); remade when the dependencies or Python change.
+# (Dockerfile, INSTALL_FROM=wheelhouse); remade when the dependencies, the venv's Python or
+# the base image change.
 step_wheelhouse() {
   local t=$SECONDS reqs want base_py
   [ -x "$VENV/bin/pip" ] || die "the wheelhouse needs the venv: scripts/setup.sh venv wheelhouse"
   reqs="$("$VENV/bin/python" -c 'import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")"
-  want="$({ echo "$reqs"; "$VENV/bin/python" -V; } | sha256sum | cut -c1-64)"
+  want="$({ echo "$reqs"; "$VENV/bin/python" -V; docker image inspect -f '{{.Id}}' "$BASE_IMAGE"; } \
+    | sha256sum | cut -c1-64)"
   if [ "$(cat "$WHEELHOUSE/.stamp" 2>/dev/null)" = "$want" ]; then
     say "wheelhouse deploy/wheelhouse ... up to date"; return
   fi
