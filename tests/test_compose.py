@@ -16,6 +16,8 @@ import redis
 
 from compose_stack import REPO, ComposeProject, compose_command, host_network_variant, load_compose
 from conftest import RUN_ID, free_port, wait_until
+from pool_manager.runtimes.docker import DockerRuntime, container_options
+from pool_manager.settings import load_settings
 
 GREENROOM_SERVICES = ("api", "worker", "maintenance", "beat", "flower")
 # The test's own tags, so that it never replaces the images other tests use.
@@ -44,6 +46,17 @@ def test_model_containers_have_a_network_of_their_own():
     assert doc["networks"]["models"]["internal"] is True
     pool = tomllib.loads((REPO / "deploy" / "greenroom.toml").read_text())["pools"]["chatbot"]
     assert pool["network"] == doc["networks"]["models"]["name"]
+
+
+def test_the_compose_pool_serves_on_its_private_network(monkeypatch):
+    """Inside compose a model server listens on 0.0.0.0 of the model network, reached by name."""
+    monkeypatch.setenv("GREENROOM_CONFIG", str(REPO / "deploy" / "greenroom.toml"))
+    spec = load_settings().pools["chatbot"]
+    runtime = DockerRuntime("compose-spec")  # no engine needed: nothing is sent to it
+    options = container_options(runtime, "gr-chatbot-1", "chatbot", spec, 0)
+    assert options["network"] == "greenroom-models" and "network_mode" not in options
+    assert (options["environment"]["HOST"], options["environment"]["PORT"]) == ("0.0.0.0", str(spec.port))
+    assert runtime.endpoint("gr-chatbot-1", spec, 0) == f"http://gr-chatbot-1:{spec.port}"
 
 
 def test_only_the_workers_hold_the_docker_socket():
@@ -198,6 +211,8 @@ def test_the_compose_stack_serves_a_chat_from_a_pool_container(compose_stack, do
     assert int(authed.config_get("maxmemory")["maxmemory"]) > 0
 
     project = stack["project"]
+    wait_until(lambda: docker_engine.api.inspect_container(project.container_id("api"))["State"]["Health"]["Status"]
+               == "healthy", 60, interval=1, message="the API container's healthcheck")
     argvs = []  # what each container was started with, and its processes' argv now (redis-server
     for service in ("redis", *GREENROOM_SERVICES):  # rewrites its own, hence both)
         container = project.container_id(service)
