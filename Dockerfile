@@ -18,6 +18,7 @@ COPY api/ api/
 COPY workers/ workers/
 COPY pool_manager/ pool_manager/
 COPY bench/ bench/
+COPY cli/ cli/
 RUN /opt/greenroom/bin/pip install --no-deps . && rm -f /opt/greenroom/pip.conf
 
 FROM ${BASE_IMAGE}
