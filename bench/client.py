@@ -60,9 +60,10 @@ def _reply(response: httpx.Response) -> dict:
     return response.json()
 
 
-def direct_chat(client: httpx.Client, endpoint: str) -> dict:
-    """The same chat, straight to a container's OpenAI endpoint."""
-    return _reply(client.post(f"{endpoint}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES}))
+def direct_chat(client: httpx.Client, endpoint: str, key: str) -> dict:
+    """The same chat, straight to a container's OpenAI endpoint, with its bearer key."""
+    return _reply(client.post(f"{endpoint}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES},
+                              headers={"Authorization": f"Bearer {key}"}))
 
 
 def close_session(client: httpx.Client, session_id: str) -> None:

@@ -213,9 +213,10 @@ class Stack:
             if self.redis:
                 self.redis.stop()
 
-    def logs(self, tail: int = 4000) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail:]}"
-                         for p in sorted(self.folder.glob("*.log")))
+    def logs(self, tail: int | None = 4000) -> str:
+        """Every program's log, the last `tail` characters of each (None: whole)."""
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail if tail else 0:]}"
+                         for p in sorted(self.folder.glob("**/*.log")))
 
     # HTTP
     def client(self, tenant: str | None = None, timeout: float = 60) -> httpx.Client:

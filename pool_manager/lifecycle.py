@@ -31,10 +31,10 @@ class Lifecycle:
         container_id = f"gr-{pool}-{secrets.token_hex(6)}"
         port = self.ports.allocate(container_id)
         container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
-                              time.time())
+                              time.time(), key=secrets.token_urlsafe(32))
         self.state.add(container)
         try:
-            runtime.create(container_id, pool, spec, port)
+            runtime.create(container_id, pool, spec, port, container.key)
         except RuntimeFailure as exc:
             log.warning("pool %s: creating %s failed: %s", pool, container_id, exc)
             self.fail(container, runtime)

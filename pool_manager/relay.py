@@ -193,6 +193,7 @@ class ChatRelay:
             began = time.monotonic()
             try:
                 response = http_client().post(f"{claim.container.endpoint}/v1/chat/completions", json=body,
+                                              headers={"Authorization": f"Bearer {claim.container.key}"},
                                               timeout=self.settings.chat_timeout_s)
             except httpx.TimeoutException as exc:
                 raise ContainerTimeout(f"container gave no reply within {self.settings.chat_timeout_s}s") from exc

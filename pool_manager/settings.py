@@ -40,6 +40,9 @@ class PoolSpec(BaseModel):
     env: dict[str, str] = {}
     port: int = Field(8000, ge=1, le=65535)
     network: str = "host"
+    # Each container gets a bearer key of its own in this variable (vLLM reads VLLM_API_KEY);
+    # relays send it, so containers sharing a network cannot use each other.
+    container_key_env: str = Field("API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     mem_limit: str = Field("1g", pattern=r"^\d+[bkmg]?$")
     cpus: float = Field(1.0, gt=0)
     pids_limit: int = Field(256, ge=1)

@@ -101,12 +101,13 @@ class Container:
     port: int
     endpoint: str
     created_at: float
+    key: str  # the bearer key the server requires (runtimes pass it at create)
     session: str | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Container":
         return cls(fields["id"], fields["pool"], fields["state"], int(fields["port"]), fields["endpoint"],
-                   float(fields["created_at"]), fields.get("session") or None)
+                   float(fields["created_at"]), fields.get("key", ""), fields.get("session") or None)
 
 
 @dataclass(frozen=True)

@@ -122,12 +122,14 @@ def test_restarted_manager_adopts_healthy_containers(make_manager, docker_engine
     manager = make_manager(target_idle=3)
     fill(manager, 3)
     before = labelled(docker_engine, manager)
+    keys = {c.id: c.key for c in manager.state.containers(POOL).values()}
     manager.state.redis.flushall()  # Redis lost its state (a flush, or a manager without it)
     restarted = PoolManager(manager.settings)
     report = restarted.reconcile(POOL)
     assert (report.adopted, report.started, report.destroyed) == (3, 0, 0)
     assert restarted.state.counts(POOL)["idle"] == 3
     assert labelled(docker_engine, manager) == before
+    assert {c.id: c.key for c in restarted.state.containers(POOL).values()} == keys  # read back from Docker
 
 
 def test_flush_while_booting_neither_leaks_nor_duplicates(make_manager, docker_engine):
@@ -197,7 +199,8 @@ def test_process_runtime_serves_a_pool(make_manager):
     assert claim.container.endpoint.startswith("http://127.0.0.1:")
     assert pool_status(manager).runtime == "process"
     reply = http_client().post(f"{claim.container.endpoint}/v1/chat/completions",
-                               json={"messages": [{"role": "user", "content": "my name is Ada"}]}).json()
+                               json={"messages": [{"role": "user", "content": "my name is Ada"}]},
+                               headers={"Authorization": f"Bearer {claim.container.key}"}).json()
     assert reply["choices"][0]["message"]["content"] == "Turn 1: nice to meet you, Ada."
 
 

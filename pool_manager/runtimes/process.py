@@ -35,11 +35,11 @@ class ProcessRuntime(Runtime):
         self.folder.mkdir(mode=0o700, exist_ok=True)
         self._children: dict[str, subprocess.Popen] = {}  # started here, reaped here
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
         log = open(self.folder / f"{instance_id}.log", "wb")
         try:
             child = subprocess.Popen(
-                spec.command, env=self._environment(instance_id, spec, port),
+                spec.command, env=self._environment(instance_id, spec, port, key),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives a crashed manager, like a container
             )
@@ -49,14 +49,20 @@ class ProcessRuntime(Runtime):
             log.close()
         self._children[instance_id] = child
         record = {"pid": child.pid, "pool": pool, "port": port, "created_at": time.time(),
-                  "start_time": _start_time(child.pid)}
+                  "start_time": _start_time(child.pid), "key": key}  # the folder is private (statedir.py)
         self._record(instance_id).write_text(json.dumps(record))
         return self._instance(instance_id, record)
 
-    def _environment(self, instance_id: str, spec: PoolSpec, port: int) -> dict[str, str]:
-        """The spec's env and where to listen, nothing of greenroom's own (its secrets)."""
-        return {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"} | self.server_env(instance_id, spec,
-                                                                                                  port)
+    def _environment(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
+        """The spec's env, where to listen and its key; nothing of greenroom's own (its secrets)."""
+        base = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+        return base | self.server_env(instance_id, spec, port, key)
+
+    def key_of(self, instance_id: str, spec: PoolSpec) -> str | None:
+        try:
+            return json.loads(self._record(instance_id).read_text()).get("key")
+        except (OSError, ValueError):
+            return None
 
     def inspect(self, instance_id: str) -> Instance | None:
         try:
