@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
 
 pytestmark = pytest.mark.timeout(120)
+TOKEN = "cli-token-0123456789"
 
 
 @pytest.fixture
@@ -90,11 +91,13 @@ def test_up_starts_redis_keeps_secrets_private_and_reuses_them(cli_env, tmp_path
     where secrets are but not the Flower password; and stops Redis."""
     port = free_port()
     procfile = tmp_path / "Procfile"
-    show_env = "import os, json; print('{name}=' + json.dumps({{k: v for k, v in os.environ.items() if 'GREENROOM' in k}}))"
+    show_env = ("import os, json; "
+                "print('{name}=' + json.dumps({{k: v for k, v in os.environ.items() if 'GREENROOM' in k}}))")
     procfile.write_text(
         f"api: python3 -c \"{show_env.format(name='API')}; import time; time.sleep(5)\"\n"
         f"flower: python3 -c \"{show_env.format(name='FLOWER')}; import time; time.sleep(5)\"\n"
-        f"worker: greenroom pool status --json && python3 -c \"import time; time.sleep(1); {show_env.format(name='WORKER')}\"\n")
+        "worker: greenroom pool status --json && "
+        f"python3 -c \"import time; time.sleep(1); {show_env.format(name='WORKER')}\"\n")
     env = cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     first = greenroom("up", "--procfile", str(procfile), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -137,6 +140,110 @@ def test_up_refuses_a_redis_that_answers_without_a_password(cli_env, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+
+def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: echo $$ > sleeper.pid && exec sleep 300\n")
+    up = subprocess.Popen([GREENROOM, "up", "--procfile", str(procfile)], env=cli_env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pid_file = tmp_path / "sleeper.pid"
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, message="the Procfile's process")
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+    assert "redis: started" not in out  # the test Redis answered at the configured URL
+    assert "SIGTERM received" in out
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()  # the child was stopped too
+
+
+@pytest.fixture
+def api_stack(request, cli_env, make_manager, tmp_path):
+    """`greenroom api` and `greenroom worker` (both queues); make_manager's teardown then
+    destroys the model servers the workers started (same deployment and state folder)."""
+    make_manager("process")
+    port = free_port()
+    env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": json.dumps({"admin": TOKEN}),
+                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime")}  # make_manager's
+    env["GREENROOM_CONFIG"] = str(tmp_path / "warm.toml")
+    Path(env["GREENROOM_CONFIG"]).write_text(
+        "[pools.chatbot]\n"
+        f"command = {json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])}\n"
+        'runtime = "process"\ntarget_idle = 1\nmax_total = 4\nenv = { BOOT_SECONDS = "0.2" }\n')
+    logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
+    processes = [start_program([GREENROOM, "api", "--workers", "1", "--threads", "8"], env, logs["api"], cwd=REPO),
+                 start_program([GREENROOM, "worker"], env, logs["worker"], cwd=REPO)]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(url), 30, interval=0.2, message="the API")
+        yield {"url": url, "env": env}
+    finally:
+        for process in processes:
+            stop_process_group(process)
+        if getattr(request.node, "report_call", None) and request.node.report_call.failed:
+            for name, log in logs.items():
+                print(f"--- {name} log ---\n{log.read_text(errors='replace')[-20000:]}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_chat_one_message_then_a_conversation(api_stack):
+    env, url = api_stack["env"], api_stack["url"]
+    one = greenroom("chat", "--api-url", url, "--token", TOKEN, "Hello! My name is Ada.", env=env)
+    assert one.returncode == 0, one.stderr
+    assert "Ada" in one.stdout and "--session" in one.stderr
+
+    talk = subprocess.run([GREENROOM, "chat"], input="My name is Bob.\nWhat is my name?\n/quit\n",
+                          env=env | {"GREENROOM_API_URL": url, "GREENROOM_TOKEN": TOKEN},
+                          capture_output=True, text=True, timeout=60)
+    assert talk.returncode == 0, talk.stderr
+    assert "Your name is Bob" in talk.stdout  # one session: the same container remembers
+
+    def assigned() -> int:
+        return json.loads(greenroom("pool", "status", "--json", env=env).stdout)[0]["assigned"]
+
+    # the conversation closed its session at /quit; the one-shot's session remains
+    wait_until(lambda: assigned() == 1, 30, interval=0.5, message="one assigned container")
+
+
+def test_chat_with_a_bad_token_fails_clearly(api_stack):
+    done = greenroom("chat", "--api-url", api_stack["url"], "--token", "nope", "hi", env=api_stack["env"])
+    assert done.returncode == 1
+    assert "401 unauthorized" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_beat_keeps_its_schedule_out_of_the_cwd_and_sends_reconciles(cli_env, redis_url, tmp_path):
+    """Beat on a database of its own (no worker consumes there), a short interval."""
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(url)
+    client.delete("greenroom.pool")
+    env = cli_env | {"GREENROOM_REDIS_URL": url, "GREENROOM_RECONCILE_INTERVAL_S": "0.5"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    beat = start_program([GREENROOM, "beat"], env, tmp_path / "beat.log", cwd=cwd)
+    try:
+        wait_until(lambda: client.llen("greenroom.pool") > 0, 30, interval=0.2, message="a reconcile on greenroom.pool")
+    finally:
+        stop_process_group(beat)
+        client.delete("greenroom.pool")
+    assert list(cwd.iterdir()) == []
+    assert list((tmp_path / "state" / "beat").glob(f"{env['GREENROOM_DEPLOYMENT']}-schedule*"))
+
+
+def test_the_compose_pool_spec_is_valid(cli_env):
+    env = cli_env | {"GREENROOM_CONFIG": str(REPO / "deploy" / "greenroom.toml")}
+    [row] = json.loads(greenroom("pool", "status", "--json", env=env).stdout)
+    assert (row["name"], row["runtime"]) == ("chatbot", "docker")
 
 
 def _printed_env(output: str, name: str) -> dict:
