@@ -20,7 +20,7 @@ SESSION_HEADER = "X-Greenroom-Session"
 # A failed job's code -> the status a chat client gets.
 FAILURE_STATUS = {"no_container_available": 503, "container_lost": 502, "container_timeout": 504,
                   "model_error": 502, "session_closed": 409, "session_model_mismatch": 409,
-                  "invalid_request": 422, "unknown_model": 404}
+                  "invalid_request": 422, "unknown_model": 404, "limit_exceeded": 429}
 
 
 @bp.post("/completions")

@@ -5,15 +5,19 @@ import logging
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, **extra):
@@ -49,7 +53,9 @@ def _drain_body() -> None:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        response = error_response(exc.status, exc.code, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):
@@ -66,6 +72,16 @@ def init_app(app: Flask) -> None:
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(RedisError)
+    def _store(exc: RedisError):
+        """Redis unreachable (after the client's retries), or full: it refuses writes
+        (noeviction) rather than drop queued jobs. Either way, retry later; not a 500."""
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            return error_response(503, "store_unavailable", "the job store is unreachable; retry later")
+        if isinstance(exc, OutOfMemoryError):
+            return error_response(503, "store_full", "the job store is full; retry later")
+        return _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -14,10 +14,11 @@ from workers.config import make_celery
 from workers.names import CHAT_QUEUE, PING_TASK, POOL_QUEUE, RECONCILE_TASK
 
 from .client import wait_until_settled
-from .stack import IMAGE, Stack
+from .stack import IMAGE, UNLIMITED, Stack
 
-# Every bench stack relays with enough threads that a burst of 20 never queues behind them.
-STACK_SETTINGS = {"chat_concurrency": 32, "reconcile_interval_s": 5}
+# Every bench stack relays with enough threads that a burst of 20 never queues behind them,
+# and its one tenant is held to no limits (they are measured in the tenants scenario).
+STACK_SETTINGS = {"chat_concurrency": 32, "reconcile_interval_s": 5, "tenant_limits": UNLIMITED}
 
 
 def pool_spec(boot_seconds: float, target_idle: int, max_total: int, **extra) -> dict:

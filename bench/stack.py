@@ -30,6 +30,7 @@ GREENROOM = str(Path(sys.executable).parent / "greenroom")
 IMAGE = "greenroom/chatbot:latest"
 PROGRAMS = ("api", "chat", "pool", "beat")
 OWNER_LABEL = "greenroom.owner"
+UNLIMITED = {"sessions": 100_000, "jobs_in_flight": 100_000, "submissions_per_second": 100_000}  # tenant_limits
 
 
 def free_port() -> int:
@@ -155,7 +156,8 @@ class Stack:
             "GREENROOM_API_PORT": self.api_url.rsplit(":", 1)[1],
             "GREENROOM_STATE_DIR": str(self.folder / "state"),
             "PYTHONUNBUFFERED": "1",
-            **{f"GREENROOM_{k.upper()}": str(v) for k, v in settings.items()},
+            **{f"GREENROOM_{k.upper()}": json.dumps(v) if isinstance(v, dict | list) else str(v)
+               for k, v in settings.items()},
         }
         self.processes: dict[str, subprocess.Popen] = {}
 

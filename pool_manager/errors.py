@@ -3,6 +3,7 @@
     GreenroomError
     ├── ConfigError            settings or a pool spec are invalid
     ├── UnknownPool            no pool of that name
+    ├── LimitExceeded          a tenant is over one of its limits (sessions, jobs, rate)
     ├── SessionBusy            another message of the session is being relayed
     ├── SessionClosed          the session ended or its container is gone
     ├── SessionModelMismatch   a session's message named another model
@@ -33,6 +34,16 @@ class ConfigError(GreenroomError):
 
 class UnknownPool(GreenroomError):
     code = "unknown_model"
+
+
+class LimitExceeded(GreenroomError):
+    code = "limit_exceeded"
+    RETRY_AFTER_S = {"submissions_per_second": 1, "jobs_in_flight": 2, "sessions": 5}
+
+    def __init__(self, tenant: str, limit: str, value: int):
+        super().__init__(f"tenant {tenant!r} is at its limit of {value} {limit.replace('_', ' ')}")
+        self.limit = limit
+        self.retry_after_s = self.RETRY_AFTER_S[limit]
 
 
 class SessionBusy(GreenroomError):

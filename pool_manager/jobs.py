@@ -22,25 +22,44 @@ from redis import Redis
 
 from .job_events import JobEvents
 from .keys import Keys
+from .errors import GreenroomError, LimitExceeded
 from .schemas import CANCELLABLE, FINAL
+from .settings import TenantLimits
 
 REREAD_S = 1.0  # a long poll re-reads its job at least this often, events or not
 STOP_CHECK_S = 0.25  # and checks this often whether its server is stopping
 
-# Create the record unless the id exists (returns 0 then).
+# Admit and record a job, unless its id exists ('exists') or its tenant is over a limit
+# (the limit's name): submissions this second, jobs not yet final, sessions (active ones
+# and new ones on their way). Entries older than stale_before are dropped first (a job
+# lost without ending).
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+local job, jobs, sessions, new_sessions, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ttl, now, stale_before, job_id, new_session = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max_rate, max_jobs, max_sessions = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if redis.call('EXISTS', job) == 1 then return 'exists' end
+if redis.call('INCR', rate) == 1 then redis.call('EXPIRE', rate, 1) end
+if tonumber(redis.call('GET', rate)) > max_rate then return 'submissions_per_second' end
+redis.call('ZREMRANGEBYSCORE', jobs, '-inf', stale_before)
+if redis.call('ZCARD', jobs) >= max_jobs then return 'jobs_in_flight' end
+if new_session == '1' then
+  redis.call('ZREMRANGEBYSCORE', new_sessions, '-inf', stale_before)
+  if redis.call('SCARD', sessions) + redis.call('ZCARD', new_sessions) >= max_sessions then return 'sessions' end
+  redis.call('ZADD', new_sessions, now, job_id)
+end
+redis.call('ZADD', jobs, now, job_id)
+redis.call('HSET', job, unpack(ARGV, 9))
+redis.call('EXPIRE', job, ttl)
+return 'created'
 """
 
 # Set fields and the status unless the job is already final, or (allowed_from given) its
 # status is not one of those, or (a delivery token given) that delivery no longer holds
-# the job. A final state drops the lease and the kept request. Publishes the new status.
+# the job. A final state drops the lease and the kept request, and the job leaves its
+# tenant's counts. Publishes the new status.
 _TRANSITION = """
 local key, channel, leases = KEYS[1], KEYS[2], KEYS[3]
-local new, allowed_from, ttl, delivery, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local new, allowed_from, ttl, delivery, job_id, tenants = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local final = {succeeded = true, failed = true, cancelled = true}
 local status = redis.call('HGET', key, 'status')
 if not status or final[status] then return 0 end
@@ -51,10 +70,13 @@ if allowed_from ~= '' then
   if not allowed then return 0 end
 end
 redis.call('HSET', key, 'status', new)
-for i = 6, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 if final[new] then
   redis.call('HDEL', key, 'request', 'delivery')
   redis.call('ZREM', leases, job_id)
+  local tenant = redis.call('HGET', key, 'tenant')
+  redis.call('ZREM', tenants .. tenant .. ':jobs', job_id)
+  redis.call('ZREM', tenants .. tenant .. ':new-sessions', job_id)
 end
 if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
 redis.call('PUBLISH', channel, new)
@@ -117,14 +139,36 @@ class JobStore:
         self.leases = self.keys.job_leases
         self.events = JobEvents(redis, self.keys.job_events(""))  # its listener starts on the first wait
 
-    def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict) -> dict | None:
+    def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict,
+               limits: TenantLimits, new_session: bool) -> dict | None:
         """Record a queued job and return it (as get would); None, and nothing changed,
         if the id exists already. `request` (the task's kwargs) is kept until the job ends,
-        so that the job can be sent again if its worker dies."""
+        so that the job can be sent again if its worker dies. Raises LimitExceeded when the
+        tenant is over a limit (a new session counts against its sessions)."""
+        now = time.time()
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
-                  "status": "queued", "created_at": repr(time.time()), "request": json.dumps(request)}
-        pairs = [x for item in fields.items() for x in item]
-        return fields if self._create(keys=[self.keys.job(job_id)], args=[self.pending_ttl_s, *pairs]) else None
+                  "status": "queued", "created_at": repr(now), "request": json.dumps(request)}
+        keys = [self.keys.job(job_id), *(self.keys.tenant(tenant, part)
+                                         for part in ("jobs", "sessions", "new-sessions", "rate"))]
+        args = [self.pending_ttl_s, now, now - self.pending_ttl_s, job_id, int(new_session),
+                limits.submissions_per_second, limits.jobs_in_flight, limits.sessions]
+        outcome = self._create(keys=keys, args=[*args, *(x for item in fields.items() for x in item)])
+        if outcome == "exists":
+            return None
+        if outcome != "created":
+            raise LimitExceeded(tenant, outcome, getattr(limits, outcome))
+        return fields
+
+    def refuse(self, job_id: str, *, tenant: str, model: str, session_id: str, error: GreenroomError) -> None:
+        """Record a job that was not admitted (a send_task job over its tenant's limits) as
+        failed, so that it reads as such, not as unknown; its tenant's counts are untouched."""
+        fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id, "status": "failed",
+                  "created_at": repr(time.time()), "finished_at": repr(time.time()),
+                  "error": json.dumps({"code": error.code, "message": str(error)})}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=fields)
+            pipe.expire(self.keys.job(job_id), self.result_ttl_s)
+            pipe.execute()
 
     def start_session(self, session: str) -> bool:
         """Note that a session (tenant_session's name) has a job; True if it is new."""
@@ -149,7 +193,8 @@ class JobStore:
         ttl = self.result_ttl_s if status in FINAL else ""
         pairs = [str(x) for k, v in fields.items() for x in (k, json.dumps(v) if isinstance(v, dict) else v)]
         return bool(self._transition(keys=[self.keys.job(job_id), self.keys.job_events(job_id), self.leases],
-                                     args=[status, ",".join(allowed_from), ttl, delivery, job_id, *pairs]))
+                                     args=[status, ",".join(allowed_from), ttl, delivery, job_id, self.keys.tenant(""),
+                                           *pairs]))
 
     def succeed(self, job_id: str, result: dict, delivery: str = "") -> bool:
         return self.transition(job_id, "succeeded", delivery=delivery, result=result, finished_at=repr(time.time()))

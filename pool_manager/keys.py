@@ -13,6 +13,10 @@
         job-leases                          live deliveries' lease expiries (sorted set of job ids)
         lock:<name>, flag:<name>            locks (reconcile per pool, turn per session), re-run flags
         hist:<name>:<pool>                  a histogram's buckets, count and sum (hash)
+        tenant:<tenant>:jobs                its jobs not yet final (sorted set, score: created at)
+        tenant:<tenant>:sessions            its active sessions (set of session names)
+        tenant:<tenant>:new-sessions        its jobs that start a session and have not claimed yet
+        tenant:<tenant>:rate                its submissions in the current second (counter)
     greenroom:ports                         loopback ports handed out, host-wide (hash: port -> holder)
 """
 
@@ -53,6 +57,10 @@ class Keys:
 
     def flag(self, name: str) -> str:
         return f"{self.prefix}flag:{name}"
+
+    def tenant(self, tenant: str, part: str = "") -> str:
+        """part: jobs, sessions, new-sessions or rate; tenant("") is the prefix of them all."""
+        return f"{self.prefix}tenant:{tenant}:{part}" if tenant else f"{self.prefix}tenant:"
 
     def histogram(self, name: str, pool: str) -> str:
         return f"{self.prefix}hist:{name}:{pool}"

@@ -9,6 +9,7 @@ from redis import Redis
 from .errors import RuntimeFailure, SessionClosed, SessionModelMismatch
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
+from .line import WaitingLine
 from .metrics import Metrics
 from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
@@ -27,6 +28,7 @@ class PoolManager:
         self.redis = redis or connect_redis(settings.redis_url)
         self.state = PoolState(self.redis, settings.deployment)
         self.specs = PoolSpecs(settings, self.state)
+        self.line = WaitingLine(self.redis, self.state.keys, settings.claim_timeout_s)
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
                                    settings.boot_backoff_s)
@@ -117,7 +119,7 @@ class PoolManager:
         """One pass; a runtime that fails it is recorded for status readers until one succeeds."""
         try:
             report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
-                                   self.lifecycle, self.close_session, self.settings.claim_timeout_s).run()
+                                   self.lifecycle, self.close_session, self.line).run()
         except RuntimeFailure as exc:
             self.state.set_info(pool, runtime_error=str(exc)[:500])
             raise

@@ -4,6 +4,7 @@ PoolManager."""
 
 from redis import Redis
 
+from .line import WaitingLine
 from .metrics import Metrics
 from .schemas import PoolStatus
 from .settings import Settings
@@ -19,6 +20,7 @@ class PoolOverview:
         self._state = PoolState(redis, settings.deployment)
         self._specs = PoolSpecs(settings, self._state)
         self._metrics = Metrics(redis, settings.deployment)
+        self._line = WaitingLine(redis, self._state.keys, settings.claim_timeout_s)
 
     @property
     def pools(self) -> list[str]:
@@ -37,7 +39,7 @@ class PoolOverview:
 
     def waiting(self, pool: str) -> int:
         """Jobs in the pool's line (those older than the longest wait do not count)."""
-        return self._state.waiting(pool, self.settings.claim_timeout_s)
+        return self._line.size(pool)
 
     def stats(self, pool: str) -> dict[str, int]:
         return self._state.stats(pool)

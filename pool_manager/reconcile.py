@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
+from .line import WaitingLine
 from .runtimes import Instance, Runtime
 from .settings import PoolSpec
 from .state import Container, PoolState
@@ -34,10 +35,9 @@ class ReconcileReport:
 
 class ReconcilePass:
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
-                 close_session, max_wait_s: float):
+                 close_session, line: WaitingLine):
         self.pool, self.spec, self.runtime = pool, spec, runtime
-        self.max_wait_s = max_wait_s  # a job waits for a container no longer than this
-        self.state, self.lifecycle = state, lifecycle
+        self.state, self.lifecycle, self.line = state, lifecycle, line
         self.close_session = close_session
         self.report = ReconcileReport(pool)
 
@@ -137,7 +137,7 @@ class ReconcilePass:
         Only passes create containers, one pass at a time, so the runtime holds no more
         than that now."""
         counts = self.state.counts(self.pool)
-        demand = self.spec.target_idle + self.state.waiting_count(self.pool, self.max_wait_s)
+        demand = self.spec.target_idle + self.line.trimmed_size(self.pool)
         if counts["idle"] > demand:
             self.retire(counts["idle"] - demand)
             return

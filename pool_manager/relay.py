@@ -18,21 +18,13 @@ from dataclasses import dataclass
 import httpx
 from pydantic import ValidationError
 
-from .errors import (
-    ClaimTimeout,
-    ContainerLost,
-    ContainerTimeout,
-    DeliveryLost,
-    GreenroomError,
-    JobCancelled,
-    ModelError,
-    SessionBusy,
-)
+from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
+                     LimitExceeded, ModelError, SessionBusy)
 from .heartbeat import Heartbeat
 from .httpclient import http_client
 from .jobs import JobStore
 from .manager import PoolManager
-from .schemas import ChatJob, tenant_session
+from .schemas import ChatJob, tenant_of, tenant_session
 from .settings import SEND_TASK_TENANT
 from .state import Claim
 
@@ -70,9 +62,8 @@ class ChatRelay:
         public_session = session_id or job_id  # a new session is named after its first job
         request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
         request = {name: value for name, value in request.items() if value is not None}
-        # A job sent with send_task has no record yet, and belongs to SEND_TASK_TENANT.
-        self.jobs.create(job_id, tenant=SEND_TASK_TENANT, model=str(model), session_id=str(public_session),
-                         request=request)
+        if not self._admit_send_task(job_id, str(model), str(public_session), request):
+            return self.jobs.get(job_id)
         token = secrets.token_hex(8)
         taken = self.jobs.take(job_id, token, self.lease_s)
         if taken == "held":
@@ -83,6 +74,22 @@ class ChatRelay:
                 session = tenant_session(job["tenant"], public_session)
                 self._run_to_end(Delivery(job_id, token, lost), session, float(job["created_at"]), request)
         return self.jobs.get(job_id)
+
+    def _admit_send_task(self, job_id: str, model: str, public_session: str, request: dict) -> bool:
+        """A job sent with send_task has no record yet: it belongs to SEND_TASK_TENANT and is
+        admitted within that tenant's limits (refused: recorded as failed). One submitted
+        over HTTP was admitted by the API; for it this changes nothing."""
+        session = tenant_session(SEND_TASK_TENANT, public_session)
+        try:
+            created = self.jobs.create(job_id, tenant=SEND_TASK_TENANT, model=model, session_id=public_session,
+                                       request=request, limits=self.settings.limits(SEND_TASK_TENANT),
+                                       new_session=not self.jobs.session_started(session))
+        except LimitExceeded as exc:
+            self.jobs.refuse(job_id, tenant=SEND_TASK_TENANT, model=model, session_id=public_session, error=exc)
+            return False
+        if created:
+            self.jobs.start_session(session)
+        return True
 
     def _run_to_end(self, delivery: Delivery, session: str, created_at: float, fields: dict) -> None:
         """Serve the job in session (greenroom's name for it, tenant_session's) and record how
@@ -146,17 +153,17 @@ class ChatRelay:
             while (claim := self.manager.claim(pool, session, job_id)) is None:
                 if not waiting:
                     waiting = True
-                    self._enter_line(delivery, pool)
+                    self._enter_line(delivery, pool, tenant_of(session))
                 if (now := time.monotonic()) >= next_check:
                     delivery.check()
-                    self._check_still_wanted(delivery, pool)
+                    self._check_still_wanted(delivery, pool, tenant_of(session))
                     next_check = now + CHECK_S
                 if now > deadline:
                     raise ClaimTimeout(f"no {pool!r} container became free in {self.settings.claim_timeout_s}s")
                 time.sleep(POLL_S)
         finally:
             if waiting and not delivery.lost.is_set():  # a lost delivery's place is its successor's
-                self.manager.state.remove_waiting(pool, job_id)
+                self.manager.line.leave(pool, tenant_of(session), job_id)
         waited = (time.monotonic() - began) if waiting else 0.0
         if claim.new:
             self.request_reconcile(pool)  # replace the container just taken, now
@@ -171,19 +178,19 @@ class ChatRelay:
             raise JobCancelled(job_id)
         return claim, waited
 
-    def _enter_line(self, delivery: Delivery, pool: str) -> None:
+    def _enter_line(self, delivery: Delivery, pool: str, tenant: str) -> None:
         """Join the pool's line, or keep the place an earlier delivery of the job had."""
-        position = self.manager.state.add_waiting(pool, delivery.job_id)
+        position = self.manager.line.join(pool, tenant, delivery.job_id)
         self.jobs.transition(delivery.job_id, "waiting_for_container", allowed_from=("queued", "waiting_for_container"),
                              delivery=delivery.token, position=position)
         self.request_reconcile(pool)  # the line is demand: boot for it without waiting for beat
 
-    def _check_still_wanted(self, delivery: Delivery, pool: str) -> None:
+    def _check_still_wanted(self, delivery: Delivery, pool: str, tenant: str) -> None:
         job_id = delivery.job_id
         job = self.jobs.get(job_id)
         if job is None or job["status"] == "cancelled":
             raise JobCancelled(job_id)
-        position = self.manager.state.waiting_position(pool, job_id)
+        position = self.manager.line.place(pool, tenant, job_id)
         if str(position) != job.get("position"):
             self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
                                  delivery=delivery.token, position=position)

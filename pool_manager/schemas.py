@@ -14,6 +14,11 @@ def tenant_session(tenant: str, session_id: str) -> str:
     return f"{tenant}/{session_id}"
 
 
+def tenant_of(session: str) -> str:
+    """The tenant of a session named by tenant_session."""
+    return session.partition("/")[0]
+
+
 MAX_CONTENT_CHARS = 200_000
 RESERVED_OPTIONS = {"model", "messages", "stream", "session_id"}
 

@@ -23,6 +23,17 @@ SEND_TASK_TENANT = "celery"  # the owner of jobs sent with send_task: reserved, 
 log = logging.getLogger(__name__)
 
 
+class TenantLimits(BaseModel):
+    """What one tenant may hold at once; over a limit, a submission gets 429 (a send_task
+    job fails) with the limit named."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sessions: int = Field(16, ge=1)  # active, or whose first job is on its way to a container
+    jobs_in_flight: int = Field(64, ge=1)  # submitted and not yet final
+    submissions_per_second: int = Field(20, ge=1)
+
+
 class PoolSpec(BaseModel):
     """One pool: what to boot, how many to keep waiting, and how to fence it in."""
 
@@ -96,6 +107,8 @@ class Settings(BaseSettings):
     # API: bearer tokens per tenant, as plain text or "sha256:<hex digest>" (kept hashed)
     api_keys: dict[str, SecretStr] = {}
     admin_tenants: list[str] = ["admin"]  # may change pools and see every job
+    tenant_limits: TenantLimits = TenantLimits()  # every tenant's, send_task's ("celery") included
+    tenant_overrides: dict[str, TenantLimits] = {}  # per tenant, in place of tenant_limits
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
@@ -146,6 +159,9 @@ class Settings(BaseSettings):
         if not 0 < pauses[0] <= pauses[1]:
             raise ValueError("boot_backoff_s must be (first, longest) with 0 < first <= longest")
         return pauses
+
+    def limits(self, tenant: str) -> TenantLimits:
+        return self.tenant_overrides.get(tenant, self.tenant_limits)
 
     @property
     def broker(self) -> str:

@@ -16,6 +16,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .keys import POOL_STATES, Keys
+from .line import FAIR_PLACE
+from .schemas import tenant_of
 
 # A Redis restart (a few seconds) is ridden out: a command that meets a connection error
 # or timeout is retried with backoff, about 10 s in all, before the error surfaces.
@@ -23,28 +25,31 @@ REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 
 # Claim for a session: its existing container, else the longest-idle one. New sessions
-# are served first come, first served: a job gets an idle container only while fewer
-# live jobs wait ahead of it in the pool's line (all of them, if it is not in line) than
-# there are idle containers. A job that waited leaves the line in the same step, so no
-# reconcile counts it as demand after. Returns {"new"|"existing", the container's hash}
-# or {a Refusal's value}.
+# are served in the line's fair order (line.py): a job gets an idle container only while
+# fewer live jobs come before it in line (all of them, if it is not in line) than there
+# are idle containers. A job that waited leaves the line in the same step, so no
+# reconcile counts it as demand after; the session joins its tenant's active sessions.
+# Returns {"new"|"existing", the container's hash} or {a Refusal's value}.
 _CLAIM = """
-local session_key, idle, assigned, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local session_key, idle, assigned, all_key, tenants_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local session_id, pool, lease_until, now, records, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local stale_before = ARGV[7]
+local stale_before, line_prefix, tenant, tenant_keys = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+""" + FAIR_PLACE + """
 local session = redis.call('HMGET', session_key, 'container', 'state')
 if session[2] == 'active' then return {'existing', redis.call('HGETALL', records .. session[1])} end
 if session[2] then return {session[2]} end
-redis.call('ZREMRANGEBYSCORE', waiting, '-inf', stale_before)
-local ahead = redis.call('ZRANK', waiting, job_id) or redis.call('ZCARD', waiting)
-if ahead >= redis.call('ZCARD', idle) then return {'empty'} end
+if ahead(tenant, job_id, now, stale_before) >= redis.call('ZCARD', idle) then return {'empty'} end
 local popped = redis.call('ZPOPMIN', idle)
 if #popped == 0 then return {'empty'} end
 local id = popped[1]
 redis.call('ZADD', assigned, lease_until, id)
 redis.call('HSET', records .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
 redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
-redis.call('ZREM', waiting, job_id)
+redis.call('ZREM', all_key, job_id)
+redis.call('ZREM', line_prefix .. tenant, job_id)
+if redis.call('ZCARD', line_prefix .. tenant) == 0 then redis.call('SREM', tenants_key, tenant) end
+redis.call('SADD', tenant_keys .. 'sessions', session_id)
+redis.call('ZREM', tenant_keys .. 'new-sessions', job_id)
 return {'new', redis.call('HGETALL', records .. id)}
 """
 
@@ -59,10 +64,13 @@ redis.call('HSET', container, 'state', state, state .. '_at', now)
 return 1
 """
 
+# End a session (closed or broken) unless, given a container, it names another now; it
+# leaves its tenant's active sessions.
 _END_SESSION = """
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'container') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[4])
 return 1
 """
 
@@ -199,11 +207,13 @@ class PoolState:
     def claim(self, pool: str, session_id: str, lease_s: float, max_wait_s: float,
               job_id: str = "") -> Claim | Refusal:
         """The session's container, or why there is none. Entries in line older than
-        max_wait_s are dropped first (see waiting_count)."""
-        now = time.time()
-        keys = [self.keys.session(session_id), *(self.keys.pool(pool, s) for s in ("idle", "assigned", "waiting"))]
-        outcome, *found = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.keys.container(""),
-                                                       job_id, now - max_wait_s])
+        max_wait_s are dropped first (line.py)."""
+        now, tenant = time.time(), tenant_of(session_id)
+        keys = [self.keys.session(session_id),
+                *(self.keys.pool(pool, part) for part in ("idle", "assigned", "waiting", "waiting-tenants"))]
+        args = [session_id, pool, now + lease_s, now, self.keys.container(""), job_id, now - max_wait_s,
+                self.keys.pool(pool, "waiting:"), tenant, self.keys.tenant(tenant)]
+        outcome, *found = self._claim(keys=keys, args=args)
         if not found:
             return Refusal(outcome)
         if not found[0]:
@@ -225,7 +235,8 @@ class PoolState:
     def end_session(self, session_id: str, state: str, container_id: str = "") -> None:
         """Mark a session closed or broken; the id then answers so for a day. With a
         container id, only if the session still names it (it may have moved on since)."""
-        self._end_session(keys=[self.keys.session(session_id)], args=[state, container_id, CLOSED_SESSION_TTL_S])
+        self._end_session(keys=[self.keys.session(session_id), self.keys.tenant(tenant_of(session_id), "sessions")],
+                          args=[state, container_id, CLOSED_SESSION_TTL_S, session_id])
 
     # pool stats and run-time overrides
     def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:
@@ -271,33 +282,6 @@ class PoolState:
     def discard_session(self, session_id: str) -> None:
         """Forget a session entirely, so that its id can claim afresh."""
         self.redis.delete(self.keys.session(session_id))
-
-    # jobs waiting for a container: their count is demand the next reconcile boots for
-    def add_waiting(self, pool: str, job_id: str) -> int:
-        """Join the pool's line; returns the 1-based position."""
-        key = self.keys.pool(pool, "waiting")
-        self.redis.zadd(key, {job_id: time.time()}, nx=True)
-        return self.waiting_position(pool, job_id)
-
-    def waiting_position(self, pool: str, job_id: str) -> int:
-        rank = self.redis.zrank(self.keys.pool(pool, "waiting"), job_id)
-        return 0 if rank is None else rank + 1
-
-    def remove_waiting(self, pool: str, job_id: str) -> None:
-        self.redis.zrem(self.keys.pool(pool, "waiting"), job_id)
-
-    def waiting(self, pool: str, max_wait_s: float) -> int:
-        """Jobs in line younger than max_wait_s (a read only: waiting_count drops the rest)."""
-        return self.redis.zcount(self.keys.pool(pool, "waiting"), time.time() - max_wait_s, "+inf")
-
-    def waiting_count(self, pool: str, max_wait_s: float) -> int:
-        """Jobs in line, after dropping any older than the longest possible wait (their
-        worker died while waiting; a redelivery joins the line again)."""
-        key = self.keys.pool(pool, "waiting")
-        with self.redis.pipeline() as pipe:
-            pipe.zremrangebyscore(key, "-inf", time.time() - max_wait_s)
-            pipe.zcard(key)
-            return pipe.execute()[1]
 
     # locks: the reconcile lock per pool, the one-message-at-a-time lock per session
     def try_lock(self, name: str, token: str, ttl_s: float) -> bool:

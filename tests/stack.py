@@ -16,7 +16,8 @@ from bench import stack as bench_stack
 from conftest import RUN_ID, wait_until
 
 VENV_BIN = Path(sys.executable).parent
-TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789", "admin": "admin-token-0123456789"}
+TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789", "admin": "admin-token-0123456789",
+          "initech": "initech-token-0123456789"}
 
 
 _databases = itertools.count(1)  # database 0 is the pool tests'
@@ -28,7 +29,8 @@ class Stack(bench_stack.Stack):
         assert database < 16, "more stacks than Redis databases"
         super().__init__(folder, pool, redis_url=f"{redis_url.rsplit('/', 1)[0]}/{database}",
                          deployment=f"{RUN_ID}-{name}", tokens=TOKENS, api_args=("--workers", "1", "--threads", "16"),
-                         **({"chat_concurrency": 8} | settings))
+                         # tenants held to no limits unless a test sets them (they are tested apart)
+                         **({"chat_concurrency": 8, "tenant_limits": bench_stack.UNLIMITED} | settings))
 
     def client(self, tenant: str = "acme", timeout: float = 60) -> httpx.Client:
         return super().client(tenant, timeout)

@@ -5,17 +5,21 @@ import uuid
 
 import httpx
 import pytest
+import redis
 
-from stack import Stack
+from bench import stack as bench_stack
+from stack import TOKENS, Stack
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGE = [{"role": "user", "content": "hi"}]
+TIGHT = {"sessions": 2, "jobs_in_flight": 3, "submissions_per_second": 50}  # initech's limits
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url, tmp_path_factory):
     pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
-    running = Stack(redis_url, "input", tmp_path_factory.mktemp("api"), pool, max_body_bytes=65536)
+    running = Stack(redis_url, "input", tmp_path_factory.mktemp("api"), pool, max_body_bytes=65536,
+                    tenant_overrides={"initech": TIGHT})
     running.start("api")
     yield running
     running.stop()
@@ -78,6 +82,22 @@ def test_session_ids_are_per_tenant_so_naming_another_tenants_tells_nothing(acme
     assert theirs.status_code == 202 and theirs.json()["session_id"] == name
     unused = submit(globex, session_id=f"never-used-{uuid.uuid4().hex[:8]}")
     assert unused.status_code == 202  # the same answer for a name nobody has
+
+
+def test_a_tenant_over_its_limits_gets_429_naming_the_limit_and_others_do_not(stack, acme):
+    with stack.client("initech") as initech:
+        first, second = submit(initech).json(), submit(initech).json()  # two sessions: the limit
+        refused = submit(initech)
+        assert error(refused) == (429, "limit_exceeded")
+        assert refused.json()["error"]["limit"] == "sessions" and refused.headers["Retry-After"] == "5"
+        chat = initech.post("/v1/chat/completions", json={"model": "chatbot", "messages": MESSAGE})
+        assert error(chat) == (429, "limit_exceeded")
+        assert submit(initech, session_id=first["session_id"]).status_code == 202  # a follow-up: 3 in flight
+        over = submit(initech, session_id=second["session_id"])
+        assert error(over) == (429, "limit_exceeded") and over.json()["error"]["limit"] == "jobs_in_flight"
+        assert submit(acme).status_code == 202  # another tenant is not held back
+        assert initech.delete(f"/v1/jobs/{first['id']}").json()["status"] == "cancelled"  # one ends ...
+        assert submit(initech, session_id=second["session_id"]).status_code == 202  # ... and room is made
 
 
 def test_cancel_a_queued_job(acme):
@@ -168,3 +188,23 @@ def test_bad_wait_is_422(acme, wait):
 def test_readyz_reports_redis_and_broker(stack):
     assert httpx.get(stack.api_url + "/readyz").json() == {"status": "ready",
                                                            "checks": {"redis": True, "broker": True}}
+
+
+def test_a_full_redis_gets_503_not_500_and_health_still_answers(tmp_path):
+    """Redis at its maxmemory refuses writes (noeviction): a submission is told to retry."""
+    pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
+    with bench_stack.Stack(tmp_path, pool, tokens=TOKENS, tenant_limits=bench_stack.UNLIMITED) as own:
+        own.kill("chat")
+        own.kill("pool")
+        own.kill("beat")
+        store = redis.Redis.from_url(own.redis_url)
+        with own.client("acme") as acme:
+            assert submit(acme).status_code == 202
+            store.config_set("maxmemory", 1)  # full now
+            try:
+                assert error(submit(acme)) == (503, "store_full")
+                assert httpx.get(f"{own.api_url}/healthz").status_code == 200
+            finally:
+                store.config_set("maxmemory", "512mb")
+            assert submit(acme).status_code == 202
+        store.close()

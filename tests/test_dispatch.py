@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from conftest import wait_until
+from bench import stack as bench_stack
 from stack import TOKENS, Stack, chat, wait_for_pool
 from pool_manager.settings import load_settings
 from workers.config import make_celery
@@ -20,7 +21,8 @@ def stack(redis_url, docker_engine, tmp_path_factory, request):
     pool = {"image": "greenroom/chatbot:latest", "command": ["python3", "images/chatbot/server.py"],
             "runtime": "docker", "target_idle": 2, "max_total": 20, "env": {"BOOT_SECONDS": "1"}}
     running = Stack(redis_url, "dispatch", tmp_path_factory.mktemp("stack"), pool, claim_timeout_s=30,
-                    chat_timeout_s=10, reconcile_interval_s=2, chat_wait_s=20)
+                    chat_timeout_s=10, reconcile_interval_s=2, chat_wait_s=20,
+                    tenant_overrides={"celery": bench_stack.UNLIMITED | {"submissions_per_second": 3}})
     running.start("pool", "chat", "beat", "api")
     yield running
     running.stop()
@@ -99,6 +101,29 @@ def test_send_task_gets_a_reply_and_its_job_becomes_visible(stack, acme):
     with stack.client("admin") as admin:  # send_task jobs belong to tenant "celery": admins see them
         assert admin.get(f"/v1/jobs/{result.id}").json()["status"] == "succeeded"
     assert acme.get(f"/v1/jobs/{result.id}").status_code == 404
+
+
+def test_send_task_jobs_over_their_tenants_limit_fail_with_its_code(stack, acme):
+    """send_task jobs belong to tenant "celery", held here to 3 submissions a second."""
+    client = make_celery(load_settings(redis_url=stack.redis_url))
+    results = [client.send_task("greenroom.chat", queue="greenroom.chat", kwargs={
+        "model": "chatbot", "messages": [{"role": "user", "content": f"burst {n}"}]}) for n in range(8)]
+    outcomes = []
+    for result in results:
+        try:
+            outcomes.append(result.get(timeout=60)["status"])
+        except Exception as exc:  # a failed job raises through result.get
+            outcomes.append(str(exc))
+    refused = [o for o in outcomes if o.startswith("limit_exceeded")]
+    assert refused and "succeeded" in outcomes, outcomes
+    assert "submissions per second" in refused[0]
+    with stack.client("admin") as admin:
+        records = [admin.get(f"/v1/jobs/{r.id}").json() for r in results]
+    assert sum(r["status"] == "failed" and r["error"]["code"] == "limit_exceeded" for r in records) == len(refused)
+    for record in records:
+        if record["status"] == "succeeded":
+            client.send_task("greenroom.pool.close_session", kwargs={"session_id": record["session_id"]},
+                             queue="greenroom.pool").get(timeout=30)
 
 
 def test_two_tenants_sessions_of_one_name_never_meet(stack, acme):

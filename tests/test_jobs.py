@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import wait_until
+from pool_manager.errors import LimitExceeded
 from pool_manager.jobs import JobStore
+from pool_manager.settings import TenantLimits
 from pool_manager.state import connect_redis
 
 
@@ -20,19 +22,28 @@ def jobs(redis_url, deployment):
     client.close()
 
 
+ROOMY = TenantLimits(sessions=1000, jobs_in_flight=1000, submissions_per_second=1000)
+
+
+def create(jobs: JobStore, job_id: str, tenant: str = "acme", request: dict | None = None,
+           limits: TenantLimits = ROOMY, new_session: bool = True) -> dict | None:
+    return jobs.create(job_id, tenant=tenant, model="chatbot", session_id=job_id, request=request or {},
+                       limits=limits, new_session=new_session)
+
+
 def pubsub_clients(jobs: JobStore) -> int:
     return sum(1 for c in jobs.redis.client_list() if int(c["psub"]) or int(c["sub"]))
 
 
 def test_create_returns_the_record_once(jobs):
-    record = jobs.create("j1", tenant="acme", model="chatbot", session_id="j1", request={})
+    record = create(jobs, "j1", tenant="acme", request={})
     assert record == jobs.get("j1")
-    assert jobs.create("j1", tenant="globex", model="chatbot", session_id="j1", request={}) is None
+    assert create(jobs, "j1", tenant="globex", request={}) is None
     assert jobs.get("j1")["tenant"] == "acme"
 
 
 def test_a_long_poll_ends_when_its_job_does(jobs):
-    jobs.create("j2", tenant="acme", model="chatbot", session_id="j2", request={})
+    create(jobs, "j2", tenant="acme", request={})
     threading.Timer(0.3, jobs.succeed, args=("j2", {"answer": 42})).start()
     began = time.monotonic()
     job = jobs.wait("j2", 10)
@@ -41,7 +52,7 @@ def test_a_long_poll_ends_when_its_job_does(jobs):
 
 
 def test_a_long_poll_times_out_with_the_job_as_it_stands(jobs):
-    jobs.create("j3", tenant="acme", model="chatbot", session_id="j3", request={})
+    create(jobs, "j3", tenant="acme", request={})
     assert jobs.wait("j3", 0.3)["status"] == "queued"
     assert jobs.wait("missing", 0.3) is None
 
@@ -52,7 +63,7 @@ def test_concurrent_long_polls_share_one_subscription(jobs):
     before = pubsub_clients(jobs)
     ids = [f"many-{n}" for n in range(20)]
     for job_id in ids:
-        jobs.create(job_id, tenant="acme", model="chatbot", session_id=job_id, request={})
+        create(jobs, job_id, tenant="acme", request={})
     with ThreadPoolExecutor(len(ids)) as pool:
         polls = [pool.submit(jobs.wait, job_id, 20) for job_id in ids]
         wait_until(lambda: len(jobs.events._waiters) == len(ids), 5, message="every poll waiting")
@@ -65,7 +76,7 @@ def test_concurrent_long_polls_share_one_subscription(jobs):
 
 
 def test_one_delivery_at_a_time_holds_a_job_and_a_lapsed_lease_is_sent_again_once(jobs):
-    jobs.create("j4", tenant="acme", model="chatbot", session_id="j4", request={"model": "chatbot"})
+    create(jobs, "j4", tenant="acme", request={"model": "chatbot"})
     assert jobs.take("j4", "first", lease_s=0.5) == "taken"
     assert jobs.take("j4", "second", lease_s=0.5) == "held"  # a duplicate while the first lives
     assert jobs.renew("j4", "first", lease_s=0.5)
@@ -85,7 +96,7 @@ def test_one_delivery_at_a_time_holds_a_job_and_a_lapsed_lease_is_sent_again_onc
 
 
 def test_a_requeue_that_cannot_send_is_retried(jobs):
-    jobs.create("j5", tenant="acme", model="chatbot", session_id="j5", request={"model": "chatbot"})
+    create(jobs, "j5", tenant="acme", request={"model": "chatbot"})
     jobs.take("j5", "dead", lease_s=0.1)
     time.sleep(0.2)
 
@@ -95,3 +106,31 @@ def test_a_requeue_that_cannot_send_is_retried(jobs):
     with pytest.raises(ConnectionError):
         jobs.requeue_lapsed(broker_down)
     assert jobs.requeue_lapsed(lambda job_id, kwargs: None) == ["j5"]
+
+
+def test_a_tenant_over_a_limit_is_refused_naming_it_and_others_are_not(jobs):
+    limits = TenantLimits(sessions=2, jobs_in_flight=3, submissions_per_second=100)
+    create(jobs, "s1", limits=limits)
+    create(jobs, "s2", limits=limits)
+    with pytest.raises(LimitExceeded) as refused:
+        create(jobs, "s3", limits=limits)  # a third new session
+    assert (refused.value.limit, refused.value.retry_after_s) == ("sessions", 5)
+    create(jobs, "f1", limits=limits, new_session=False)  # a follow-up needs no new session
+    with pytest.raises(LimitExceeded, match="3 jobs in flight"):
+        create(jobs, "f2", limits=limits, new_session=False)
+    assert create(jobs, "other", tenant="globex", limits=limits)  # another tenant's counts are its own
+    jobs.succeed("f1", {})  # a job that ends leaves the count
+    assert create(jobs, "f3", limits=limits, new_session=False)
+    assert jobs.get("s3") is None  # a refused job leaves no record
+
+
+def test_submissions_per_second_are_counted_per_tenant(jobs):
+    limits = TenantLimits(submissions_per_second=3, jobs_in_flight=100, sessions=100)
+    time.sleep(1 - time.time() % 1)  # the start of a second: all within one window
+    for n in range(3):
+        create(jobs, f"r{n}", limits=limits)
+    with pytest.raises(LimitExceeded) as refused:
+        create(jobs, "r3", limits=limits)
+    assert (refused.value.limit, refused.value.retry_after_s) == ("submissions_per_second", 1)
+    time.sleep(1.1)
+    assert create(jobs, "r4", limits=limits)
