@@ -47,6 +47,16 @@ def docker_engine():
     runtime.close()
 
 
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory):
+    """A Kubernetes API emulation over HTTP and a test kubelet (tests/kube_cluster.py)."""
+    from kube_cluster import KubeCluster
+
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_container_outlives_the_run():
     """Every test removes what it made; at the end, anything labelled by this run that is
@@ -85,6 +95,8 @@ def make_manager(request, redis_url, deployment, tmp_path):
     def build(runtime="docker", settings: dict | None = None, **spec_fields) -> PoolManager:
         if runtime == "docker":
             request.getfixturevalue("docker_engine")
+        if runtime == "kubernetes":
+            settings = request.getfixturevalue("kube_cluster").settings() | (settings or {})
         spec = reference_pool(runtime=runtime, **{"env": {"BOOT_SECONDS": "1"}} | spec_fields)
         settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec},
                                  **(settings or {}))
