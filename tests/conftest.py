@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from bench.stack import RedisServer, free_port, wait_until  # noqa: F401 (the tests import them from here)
+from pool_manager.errors import RuntimeUnavailable
 from pool_manager.manager import PoolManager
 from pool_manager.runtimes.docker import DockerRuntime
 from pool_manager.settings import load_settings, reference_pool
@@ -108,7 +109,11 @@ def make_manager(request, redis_url, deployment, tmp_path):
     failed = getattr(request.node, "report_call", None) and request.node.report_call.failed
     for manager in managers:
         for runtime in manager._runtimes.values():
-            for instance in runtime.list_managed():
+            try:
+                instances = runtime.list_managed()
+            except RuntimeUnavailable:
+                continue  # a runtime that cannot be reached has made nothing to clean up
+            for instance in instances:
                 if failed:
                     print(f"--- logs of {instance.id} ---\n{runtime.logs(instance.id)}")
                 runtime.destroy(instance.id)
