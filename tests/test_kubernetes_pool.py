@@ -64,7 +64,7 @@ def test_idle_pods_are_labelled_and_a_claim_relabels_its_pod_assigned(make_manag
 
 
 def test_restarted_manager_keeps_known_pods_adopts_unknown_ones_and_reaps_the_unready(make_manager, cluster):
-    manager = kube_manager(make_manager, target_idle=2, boot_timeout_s=2)
+    manager = kube_manager(make_manager, target_idle=2)
     fill(manager, 2)
     report = PoolManager(manager.settings).reconcile(POOL)  # a new pool worker, same Redis: both known
     assert (report.forgotten, report.adopted, report.destroyed, report.started) == (0, 0, 0, 0)
@@ -73,9 +73,10 @@ def test_restarted_manager_keeps_known_pods_adopts_unknown_ones_and_reaps_the_un
     spec = manager.settings.pools[POOL]
     manager.pool_runtime(POOL).create(stray, POOL, spec.model_copy(update={"env": {"FAULT_NEVER_HEALTHY": "1"}}),
                                       free_port())
+    impatient = spec.model_copy(update={"boot_timeout_s": 2})  # only now: a loaded machine boots slowly
     time.sleep(3)  # past boot_timeout_s: no longer "still booting"
     manager.state.redis.flushall()  # Redis lost its state
-    restarted = PoolManager(manager.settings)
+    restarted = PoolManager(manager.settings.model_copy(update={"pools": {POOL: impatient}}))
     report = restarted.reconcile(POOL)
     assert (report.adopted, report.destroyed, report.started) == (2, 1, 0)
     assert restarted.state.counts(POOL)["idle"] == 2
