@@ -17,7 +17,8 @@ def manifest(**spec_fields) -> dict:
     runtime = KubernetesRuntime("prod", namespace="models")
     spec = reference_pool(runtime="kubernetes", **spec_fields)
     labels = pod_labels(runtime.labels("chatbot", 20001), "chatbot", "warming")
-    return pod_manifest("gr-chatbot-0123456789ab", labels, spec, runtime.server_env("gr-chatbot-0123456789ab", spec, 20001))
+    name = "gr-chatbot-0123456789ab"
+    return pod_manifest(name, labels, spec, runtime.server_env(name, spec, 20001))
 
 
 def test_the_pod_is_valid_for_the_kubernetes_schema():
@@ -69,7 +70,8 @@ def pod(phase="Running", ready="True", deleting=False, ip="10.1.2.3") -> dict:
     meta = {"name": "p", "labels": {"greenroom.state": "idle"}, "creationTimestamp": "2026-01-01T00:00:00Z"}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:01:00Z"
-    return {"metadata": meta, "status": {"phase": phase, "podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}}
+    status = {"phase": phase, "podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}
+    return {"metadata": meta, "status": status}
 
 
 @pytest.mark.parametrize("fields, running, ready", [

@@ -70,6 +70,8 @@ class PodWatch:
                 self._follow(self._list())
                 pause = RETRY_S[0]
             except Exception as exc:  # the API's, the transport's, the config's: the thread must not die
+                if self._client is not None:
+                    self._client.close()
                 if self._stopped.is_set():
                     return
                 log.warning("watching pods in %s failed (%s); again in %.1fs", self._namespace, exc, pause)

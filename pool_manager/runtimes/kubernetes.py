@@ -65,10 +65,12 @@ class KubernetesRuntime(Runtime):
     def destroy(self, instance_id: str) -> None:
         """Delete the pod, then wait (on the watch) until the kubelet has stopped it, so
         that, as with a container, it is gone when this returns. Past REMOVAL_WAIT_S it
-        still lists as not running; a later reconcile deletes it again."""
-        self.watch.start()
+        still lists as not running; a later reconcile deletes it again. (The watch starts
+        only after a delete that was allowed: a chat worker, which holds no rights on
+        pods, gets its refusal and starts no watch that would fail forever.)"""
         with _absent_is_none(), _translated(f"delete pod {instance_id}"):
             self.client.delete(Pod, instance_id, namespace=self.namespace, grace_period=GRACE_S)
+        self.watch.start()
         self.watch.wait(lambda: self.watch.gone(instance_id), REMOVAL_WAIT_S)
 
     def list_managed(self) -> list[Instance]:
