@@ -4,18 +4,21 @@ test kubelet as local processes of the reference server (kube_cluster.py)."""
 
 import pytest
 
-from conftest import free_port, wait_until
-from stack import Stack, chat, wait_for_pool
+from bench.stack import Stack
+from conftest import RUN_ID, free_port, wait_until
+from stack import TOKENS, chat, wait_for_pool
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url, kube_cluster, tmp_path_factory, request):
+def stack(kube_cluster, tmp_path_factory, request):
     pool = {"image": "greenroom/chatbot:latest", "runtime": "kubernetes", "target_idle": 2, "max_total": 6,
             "port": free_port(), "env": {"BOOT_SECONDS": "1"}}
-    # beat only every 30 s: the labels below must move on the claim's own reconcile
-    running = Stack(redis_url, "kube", tmp_path_factory.mktemp("kube-stack"), pool, claim_timeout_s=30,
+    # Its own redis-server (the shared one's databases are spoken for by the other stacks);
+    # beat only every 30 s: the labels below must move on the claim's own reconcile.
+    running = Stack(tmp_path_factory.mktemp("kube-stack"), pool, deployment=f"{RUN_ID}-kube", tokens=TOKENS,
+                    api_args=("--workers", "1", "--threads", "16"), chat_concurrency=8, claim_timeout_s=30,
                     chat_timeout_s=10, reconcile_interval_s=30, chat_wait_s=20, **kube_cluster.settings())
     running.start("pool", "chat", "beat", "api")
     yield running
