@@ -1,4 +1,4 @@
-.PHONY: setup test run bench clean
+.PHONY: setup test run bench clean compose-offline
 
 setup:
 	bash scripts/setup.sh
@@ -11,6 +11,11 @@ run: setup
 
 bench: setup
 	.venv/bin/greenroom bench
+
+# For `docker compose up --build` where no registry is reachable (README, "With Docker
+# Compose"): a local Debian base, deploy/wheelhouse/ and a local Redis image.
+compose-offline:
+	bash scripts/setup.sh packages base venv wheelhouse redis
 
 clean:
 	docker ps -aq --filter label=greenroom.managed=true | xargs -r docker rm -f

@@ -4,7 +4,7 @@ from flask import Flask
 
 from pool_manager.settings import get_settings, load_settings
 
-from . import auth, chat, errors, health, jobs, metrics, openapi, pools, sessions
+from . import auth, completions, errors, health, jobs, metrics, openapi, pools, sessions
 from .services import Services
 
 
@@ -17,6 +17,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     Services.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app)
-    for module in (health, metrics, openapi, jobs, chat, sessions, pools):
+    for module in (health, metrics, openapi, jobs, completions, sessions, pools):
         app.register_blueprint(module.bp)
     return app

@@ -2,8 +2,7 @@
 
 from flask import Blueprint, request, url_for
 
-from pool_manager.jobs import FINAL
-from pool_manager.schemas import ChatJob
+from pool_manager.schemas import FINAL, ChatJob, JobView
 
 from .auth import visible
 from .body import json_object
@@ -11,7 +10,6 @@ from .errors import ApiError
 from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
-from .views import job_view
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -20,7 +18,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 def create():
     job = submit(ChatJob.model_validate(json_object()))
     location = url_for("jobs.read", job_id=job["id"])
-    return job_view(job), 202, {"Location": location}
+    return JobView.of(job).public(), 202, {"Location": location}
 
 
 @bp.get("/<job_id>")
@@ -29,7 +27,7 @@ def read(job_id: str):
     wait = wait_seconds()
     if wait and job["status"] not in FINAL:
         job = services().jobs.wait(job_id, wait, stopping) or job
-    return job_view(job)
+    return JobView.of(job).public()
 
 
 @bp.delete("/<job_id>")
@@ -39,7 +37,7 @@ def cancel(job_id: str):
         job = services().jobs.get(job_id) or job
         if job["status"] != "cancelled":
             raise ApiError(409, "not_cancellable", f"the job is {job['status']}; only queued or waiting jobs cancel")
-    return job_view(services().jobs.get(job_id))
+    return JobView.of(services().jobs.get(job_id)).public()
 
 
 def visible_job(job_id: str) -> dict:

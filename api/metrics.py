@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from redis import Redis
 
+from pool_manager.keys import POOL_STATES
 from pool_manager.metrics import HISTOGRAMS
 from workers.names import CHAT_QUEUE, POOL_QUEUE
 
@@ -31,14 +32,16 @@ class PoolCollector:
         self.svc, self.broker = svc, broker
 
     def collect(self):
-        pools = list(self.svc.settings.pools)
-        yield self._containers(pools)
+        overview = self.svc.pools
+        statuses = {pool: overview.status(pool) for pool in overview.pools}
+        yield self._containers(statuses)
         yield self._gauge("greenroom_waiting_jobs", "Jobs waiting for a container",
-                          {p: self.svc.pools.state.waiting_count(p, self.svc.settings.claim_timeout_s) for p in pools})
+                          {p: overview.waiting(p) for p in statuses})
         yield self._gauge("greenroom_target_idle", "Idle containers the pool keeps",
-                          {p: self.svc.pools.spec(p).target_idle for p in pools})
+                          {p: s.target_idle for p, s in statuses.items()})
         yield self._gauge("greenroom_pool_degraded", "1 while the pool's recent boots all failed (backing off)",
-                          {p: int(self.svc.pools.status(p).degraded) for p in pools})
+                          {p: int(s.degraded) for p, s in statuses.items()})
+        pools = list(statuses)
         yield from self._counters(pools)
         yield from self._histograms(pools)
         if self.broker is not None:
@@ -47,11 +50,12 @@ class PoolCollector:
                 depth.add_metric([queue], self.broker.llen(queue))
             yield depth
 
-    def _containers(self, pools):
+    @staticmethod
+    def _containers(statuses):
         family = GaugeMetricFamily("greenroom_containers", "Containers by state", labels=["pool", "state"])
-        for pool in pools:
-            for state, count in self.svc.pools.state.counts(pool).items():
-                family.add_metric([pool, state], count)
+        for pool, status in statuses.items():
+            for state in POOL_STATES:
+                family.add_metric([pool, state], getattr(status, state))
         return family
 
     @staticmethod
@@ -62,7 +66,7 @@ class PoolCollector:
         return family
 
     def _counters(self, pools):
-        stats = {pool: self.svc.pools.state.stats(pool) for pool in pools}
+        stats = {pool: self.svc.pools.stats(pool) for pool in pools}
         for name, help_text, fields, label in COUNTERS.values():
             family = CounterMetricFamily(name, help_text, labels=["pool"] + ([label] if label else []))
             for pool in pools:
@@ -74,7 +78,7 @@ class PoolCollector:
         for name, (help_text, _) in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"greenroom_{name}", help_text, labels=["pool"])
             for pool in pools:
-                buckets, total, _ = self.svc.pools.metrics.histogram(name, pool)
+                buckets, total, _ = self.svc.pools.histogram(name, pool)
                 family.add_metric([pool], [("+Inf" if math.isinf(b) else repr(float(b)), n) for b, n in buckets],
                                   sum_value=total)
             yield family

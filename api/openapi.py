@@ -4,8 +4,9 @@ limits it states (the longest ?wait=, the models there are) are this deployment'
 tests/test_fuzz.py fuzzes the API from it and fails where the API and it disagree."""
 
 from flask import Blueprint
+from pydantic import BaseModel
 
-from pool_manager.schemas import ID_PATTERN, RESERVED_OPTIONS, ChatJob
+from pool_manager.schemas import ID_PATTERN, RESERVED_OPTIONS, ChatJob, JobView, PoolChange, PoolStatus
 from pool_manager.settings import NAME, Settings
 
 from .services import services
@@ -14,7 +15,6 @@ bp = Blueprint("openapi", __name__)
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
-JOB_STATES = ["queued", "waiting_for_container", "running", "succeeded", "failed", "cancelled"]
 SESSION_STATES = ["starting", "active", "closing", "closed", "broken"]
 
 
@@ -62,6 +62,16 @@ def _errors(*codes: int) -> dict:
     return {str(code): _body(_ref("Error"), ERROR_REASONS[code]) for code in sorted({*codes, *ANY_ERRORS})}
 
 
+def _model_schemas(*models: type[BaseModel]) -> dict:
+    """The schemas of pydantic models (the API's own shapes) and of the models they nest."""
+    schemas = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF)
+        schemas |= schema.pop("$defs", {})
+        schemas[model.__name__] = schema
+    return schemas
+
+
 def _schemas(settings: Settings) -> dict:
     models = list(settings.pools)
     job = ChatJob.model_json_schema(ref_template=REF)
@@ -72,7 +82,7 @@ def _schemas(settings: Settings) -> dict:
     job["properties"]["options"]["propertyNames"] = {"not": {"enum": sorted(RESERVED_OPTIONS)}}
     job["properties"]["options"]["description"] = "passed to the model server (temperature, max_tokens, ...)"
     number = {"type": "number"}
-    return nested | {
+    return nested | _model_schemas(JobView, PoolStatus, PoolChange) | {
         "ChatJob": job,
         "OpenAIChatRequest": {
             "type": "object", "required": ["model", "messages"], "additionalProperties": True,
@@ -92,35 +102,6 @@ def _schemas(settings: Settings) -> dict:
                                "field": {"type": "string", "description": "the request field at fault"},
                                "job_id": {"type": "string", "description": "the failed job, if one was made"}}}},
         },
-        "Job": {
-            "type": "object", "required": ["id", "status", "model", "session_id", "created_at"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"enum": JOB_STATES},
-                "model": {"type": "string"}, "session_id": {"type": "string"},
-                "created_at": number, "finished_at": number,
-                "position": {"type": "integer", "minimum": 0,
-                             "description": "place in line while waiting_for_container"},
-                "result": _ref("ChatCompletion"),
-                "error": {"type": "object", "required": ["code", "message"],
-                          "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-            },
-        },
-        "ChatCompletion": {
-            "type": "object", "required": ["object", "choices"],
-            "description": "The model server's OpenAI chat.completion, plus greenroom's metadata.",
-            "properties": {
-                "object": {"type": "string"}, "choices": {"type": "array"}, "model": {"type": "string"},
-                "greenroom": {"type": "object", "properties": {
-                    "job_id": {"type": "string"}, "session_id": {"type": "string"}, "container": {"type": "string"},
-                    "warm": {"type": "boolean"}, "new_session": {"type": "boolean"},
-                    "timings": {"type": "object", "properties": {
-                        k: number for k in ("queued_s", "waited_for_container_s", "in_container_s", "total_s")
-                    }},
-                }},
-            },
-        },
         "Session": {
             "type": "object", "required": ["id", "state"], "additionalProperties": False,
             "properties": {"id": {"type": "string"},
@@ -129,24 +110,6 @@ def _schemas(settings: Settings) -> dict:
                            "model": {"type": ["string", "null"], "description": "absent while closing"},
                            "container": {"type": "string", "description": "while active"},
                            "created_at": number},
-        },
-        "Pool": {
-            "type": "object", "additionalProperties": False,
-            "required": ["name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed",
-                         "booted", "degraded", "runtime_error"],
-            "properties": {"name": {"type": "string"}, "runtime": {"type": "string"},
-                           **{k: {"type": "integer", "minimum": 0}
-                              for k in ("target_idle", "max_total", "idle", "warming", "assigned", "failed",
-                                        "booted")},
-                           "degraded": {"type": "boolean",
-                                        "description": "its last boots all failed (backing off), or its runtime fails"},
-                           "runtime_error": {"type": ["string", "null"]}},
-        },
-        "PoolChange": {
-            "type": "object", "minProperties": 1, "additionalProperties": False,
-            "description": "target_idle may not exceed max_total (the new or the current one): 422 if it would",
-            "properties": {"target_idle": {"type": "integer", "minimum": 0},
-                           "max_total": {"type": "integer", "minimum": 1}},
         },
     }
 
@@ -159,9 +122,9 @@ def _path_param(name: str, pattern: str = ID_PATTERN, examples: list | None = No
 
 
 def _paths(settings: Settings) -> dict:
-    job = _body(_ref("Job"), "The job")
+    job = _body(_ref("JobView"), "The job")
     session = _body(_ref("Session"), "The session")
-    pool = _body(_ref("Pool"), "The pool")
+    pool = _body(_ref("PoolStatus"), "The pool")
     json_body = {"content": {JSON: {"schema": {"type": "object"}}}}
     job_links = {
         "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -170,7 +133,7 @@ def _paths(settings: Settings) -> dict:
         "CloseSession": {"operationId": "closeSession",
                          "parameters": {"session_id": "$response.body#/session_id"}},
     }
-    submitted = _body(_ref("Job"), "Queued; poll it at Location", Location=LOCATION) | {"links": job_links}
+    submitted = _body(_ref("JobView"), "Queued; poll it at Location", Location=LOCATION) | {"links": job_links}
     return {
         "/v1/jobs": {"post": {
             "operationId": "submitJob", "summary": "Submit a chat job",
@@ -193,7 +156,7 @@ def _paths(settings: Settings) -> dict:
                             "schema": {"type": "string", "pattern": ID_PATTERN}}],
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("OpenAIChatRequest")}}},
             "responses": {"200": _body(_ref("ChatCompletion"), "The reply", **{"X-Greenroom-Session": SESSION}),
-                          "202": _body(_ref("Job"), "Still running; poll it at Location", Location=LOCATION,
+                          "202": _body(_ref("JobView"), "Still running; poll it at Location", Location=LOCATION,
                                        **{"X-Greenroom-Session": SESSION}) | {"links": job_links},
                           **_errors(401, 404, 409, 502, 503, 504, *BODY_ERRORS)}}},
         "/v1/sessions/{session_id}": {
@@ -205,7 +168,7 @@ def _paths(settings: Settings) -> dict:
                                      **_errors(401, 404)}}},
         "/v1/pools": {"get": {"operationId": "listPools", "summary": "Every pool", "responses": {
             "200": _body({"type": "object", "required": ["pools"], "additionalProperties": False,
-                          "properties": {"pools": {"type": "array", "items": _ref("Pool")}}}, "Pools"),
+                          "properties": {"pools": {"type": "array", "items": _ref("PoolStatus")}}}, "Pools"),
             **_errors(401)}}},
         "/v1/pools/{name}": {
             "parameters": [_path_param("name", NAME, list(settings.pools))],

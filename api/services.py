@@ -8,9 +8,10 @@ from flask import Flask, current_app
 from redis import Redis
 
 from pool_manager.jobs import JobStore
-from pool_manager.manager import PoolManager
+from pool_manager.overview import PoolOverview
 from pool_manager.settings import Settings
-from pool_manager.state import connect_redis
+from pool_manager.specs import PoolSpecs
+from pool_manager.state import PoolState, connect_redis
 from workers.config import make_celery
 
 
@@ -19,7 +20,8 @@ class Services:
     settings: Settings
     redis: Redis
     jobs: JobStore
-    pools: PoolManager  # used for Redis-side reads and scaling only
+    pools: PoolOverview  # reads only
+    specs: PoolSpecs  # for scaling (PATCH /v1/pools/<name>)
     celery: Celery
     broker_redis: Redis | None  # for queue depth, when the broker is Redis
 
@@ -30,7 +32,8 @@ class Services:
             settings=settings,
             redis=redis,
             jobs=JobStore(redis, settings.deployment, result_ttl_s=settings.result_ttl_s),
-            pools=PoolManager(settings, redis),
+            pools=PoolOverview(settings, redis),
+            specs=PoolSpecs(settings, PoolState(redis, settings.deployment)),
             celery=make_celery(settings),
             broker_redis=connect_redis(settings.broker)
             if settings.broker.startswith(("redis://", "rediss://", "unix://")) else None,

@@ -29,13 +29,13 @@ def close(session_id: str):
         result.get(timeout=CLOSE_WAIT_S)
     except CeleryTimeout:
         return {"id": session_id, "state": "closing"}, 202
-    return session_view(session_id, services().pools.state.session(session_id))
+    return session_view(session_id, services().pools.session(session_id))
 
 
 def visible_session(session_id: str) -> dict:
     svc = services()
     owner = svc.jobs.session_owner(session_id) if len(session_id) <= 128 else None
-    session = svc.pools.state.session(session_id) if owner else {}
+    session = svc.pools.session(session_id) if owner else {}
     if not visible(owner):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")
     return session or {"state": "starting"}  # owned, but its first job has not claimed yet

@@ -44,6 +44,6 @@ def check_session_usable(session_id: str) -> None:
     svc = services()
     if not svc.jobs.own_session(session_id, tenant()):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")
-    state = svc.pools.state.session(session_id).get("state")
+    state = svc.pools.session(session_id).get("state")
     if state in ("closed", "broken"):
         raise ApiError(409, "session_closed", f"session {session_id!r} is {state}; start a new one")

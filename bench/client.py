@@ -7,11 +7,13 @@ import time
 import httpx
 import redis
 
+from pool_manager.keys import Keys
+from pool_manager.schemas import FINAL
+
 from .stack import Stack, wait_until
 
 MODEL = "chatbot"
 MESSAGES = [{"role": "user", "content": "hello there"}]
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class ChatFailed(RuntimeError):
@@ -58,9 +60,10 @@ def _reply(response: httpx.Response) -> dict:
     return response.json()
 
 
-def direct_chat(client: httpx.Client, endpoint: str) -> dict:
-    """The same chat, straight to a container's OpenAI endpoint."""
-    return _reply(client.post(f"{endpoint}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES}))
+def direct_chat(client: httpx.Client, endpoint: str, key: str) -> dict:
+    """The same chat, straight to a container's OpenAI endpoint, with its bearer key."""
+    return _reply(client.post(f"{endpoint}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES},
+                              headers={"Authorization": f"Bearer {key}"}))
 
 
 def close_session(client: httpx.Client, session_id: str) -> None:
@@ -93,12 +96,12 @@ def scale(client: httpx.Client, **values: int) -> dict:
 
 
 class Records:
-    """The container hashes greenroom keeps in Redis (greenroom:<deployment>:c:<id>):
-    created_at (just before the runtime's create call), idle_at, assigned_at, state..."""
+    """The container hashes greenroom keeps in Redis (keys.py): created_at (just before
+    the runtime's create call), idle_at, assigned_at, state..."""
 
     def __init__(self, stack: Stack):
         self.redis = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-        self.prefix = f"greenroom:{stack.deployment}:c:"
+        self.prefix = Keys(stack.deployment).container("")
 
     def container(self, container_id: str) -> dict:
         return _floats(self.redis.hgetall(self.prefix + container_id))

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import redis
 
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
 IMAGE = "greenroom/chatbot:latest"
@@ -81,12 +82,17 @@ def pool_toml(pools: dict[str, dict]) -> str:
 
 
 class RedisServer:
-    """redis-server on a free loopback port, nothing persisted."""
+    """redis-server on a loopback port (a free one unless given), as greenroom wants it
+    run: a password (in a config file of mode 0600, never on the command line), a memory
+    cap that refuses writes rather than evicting, and, when durable, an append-only file
+    fsynced on every write. Restartable on the same port and files."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, port: int | None = None, durable: bool = False, maxmemory: str = "512mb"):
         self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port = port or free_port()
+        self.password = secrets.token_urlsafe(18)
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.durable, self.maxmemory = durable, maxmemory
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -94,24 +100,34 @@ class RedisServer:
         if not server:
             raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)], stdout=subprocess.DEVNULL, start_new_session=True)
-        wait_until(self._pings, 10, message="redis-server")
+        config = self.folder / "redis.conf"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._config())
+        with open(self.folder / "redis.log", "ab") as log:
+            self.process = subprocess.Popen([server, str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        wait_until(self._pings, 15, message="redis-server")
+
+    def _config(self) -> str:
+        persistence = ["appendonly yes", "appendfsync always"] if self.durable else ["appendonly no"]
+        return "\n".join([f"port {self.port}", "bind 127.0.0.1", 'save ""', f'dir "{self.folder}"',
+                          f'requirepass "{self.password}"', f"maxmemory {self.maxmemory}",
+                          "maxmemory-policy noeviction", *persistence]) + "\n"
 
     def _pings(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
-        except OSError:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+                return client.ping()
+        except redis.RedisError:
             return False
 
     def stop(self) -> None:
+        """SIGTERM: redis-server flushes its append-only file, if any, and exits."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
@@ -197,9 +213,10 @@ class Stack:
             if self.redis:
                 self.redis.stop()
 
-    def logs(self, tail: int = 4000) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail:]}"
-                         for p in sorted(self.folder.glob("*.log")))
+    def logs(self, tail: int | None = 4000) -> str:
+        """Every program's log, the last `tail` characters of each (None: whole)."""
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail if tail else 0:]}"
+                         for p in sorted(self.folder.glob("**/*.log")))
 
     # HTTP
     def client(self, tenant: str | None = None, timeout: float = 60) -> httpx.Client:

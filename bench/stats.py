@@ -26,15 +26,6 @@ def summary(values: list[float]) -> dict:
     }
 
 
-def differences(pairs: list[tuple[float, float]]) -> list[float]:
-    """Per-sample b - a."""
-    return [b - a for a, b in pairs]
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else math.nan
-
-
 def poisson_cdf(k: int, mean: float) -> float:
     """P(X <= k) for X ~ Poisson(mean)."""
     if k < 0:

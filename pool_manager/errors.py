@@ -3,7 +3,6 @@
     GreenroomError
     ├── ConfigError            settings or a pool spec are invalid
     ├── UnknownPool            no pool of that name
-    ├── NoIdleContainer        a claim found the pool empty (callers wait and retry)
     ├── SessionBusy            another message of the session is being relayed
     ├── SessionClosed          the session ended or its container is gone
     ├── SessionModelMismatch   a session's message named another model
@@ -27,13 +26,13 @@ class GreenroomError(Exception):
 class ConfigError(GreenroomError):
     code = "config_error"
 
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field  # the setting at fault, where one is
+
 
 class UnknownPool(GreenroomError):
     code = "unknown_model"
-
-
-class NoIdleContainer(GreenroomError):
-    code = "no_idle_container"
 
 
 class SessionBusy(GreenroomError):

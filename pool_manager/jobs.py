@@ -21,9 +21,9 @@ from collections.abc import Callable
 from redis import Redis
 
 from .job_events import JobEvents
+from .keys import Keys
+from .schemas import CANCELLABLE, FINAL
 
-FINAL = ("succeeded", "failed", "cancelled")
-CANCELLABLE = ("queued", "waiting_for_container")
 REREAD_S = 1.0  # a long poll re-reads its job at least this often, events or not
 STOP_CHECK_S = 0.25  # and checks this often whether its server is stopping
 
@@ -106,7 +106,7 @@ return redis.call('HGET', key, 'request') or false
 class JobStore:
     def __init__(self, redis: Redis, deployment: str, result_ttl_s: int = 86400, pending_ttl_s: int = 7 * 86400):
         self.redis = redis
-        self.prefix = f"greenroom:{deployment}:"
+        self.keys = Keys(deployment)
         self.result_ttl_s = result_ttl_s
         self.pending_ttl_s = pending_ttl_s
         self._create = redis.register_script(_CREATE)
@@ -114,14 +114,8 @@ class JobStore:
         self._take = redis.register_script(_TAKE)
         self._renew = redis.register_script(_RENEW)
         self._release_lapsed = redis.register_script(_RELEASE_LAPSED)
-        self.leases = f"{self.prefix}job-leases"
-        self.events = JobEvents(redis, self.channel(""))  # its listener starts on the first wait
-
-    def key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
-
-    def channel(self, job_id: str) -> str:
-        return f"{self.prefix}job-events:{job_id}"
+        self.leases = self.keys.job_leases
+        self.events = JobEvents(redis, self.keys.job_events(""))  # its listener starts on the first wait
 
     def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict) -> dict | None:
         """Record a queued job and return it (as get would); None, and nothing changed,
@@ -130,19 +124,19 @@ class JobStore:
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
                   "status": "queued", "created_at": repr(time.time()), "request": json.dumps(request)}
         pairs = [x for item in fields.items() for x in item]
-        return fields if self._create(keys=[self.key(job_id)], args=[self.pending_ttl_s, *pairs]) else None
+        return fields if self._create(keys=[self.keys.job(job_id)], args=[self.pending_ttl_s, *pairs]) else None
 
     def own_session(self, session_id: str, tenant: str) -> bool:
         """Bind a session id to a tenant on first use; True if it is (now) theirs."""
-        key = f"{self.prefix}session-owner:{session_id}"
+        key = self.keys.session_owner(session_id)
         self.redis.set(key, tenant, nx=True, ex=self.pending_ttl_s)
         return self.redis.get(key) == tenant
 
     def session_owner(self, session_id: str) -> str | None:
-        return self.redis.get(f"{self.prefix}session-owner:{session_id}")
+        return self.redis.get(self.keys.session_owner(session_id))
 
     def get(self, job_id: str) -> dict | None:
-        fields = self.redis.hgetall(self.key(job_id))
+        fields = self.redis.hgetall(self.keys.job(job_id))
         if "status" not in fields:
             return None
         for name in ("result", "error"):
@@ -156,7 +150,7 @@ class JobStore:
         delivery holds the job."""
         ttl = self.result_ttl_s if status in FINAL else ""
         pairs = [str(x) for k, v in fields.items() for x in (k, json.dumps(v) if isinstance(v, dict) else v)]
-        return bool(self._transition(keys=[self.key(job_id), self.channel(job_id), self.leases],
+        return bool(self._transition(keys=[self.keys.job(job_id), self.keys.job_events(job_id), self.leases],
                                      args=[status, ",".join(allowed_from), ttl, delivery, job_id, *pairs]))
 
     def succeed(self, job_id: str, result: dict, delivery: str = "") -> bool:
@@ -174,11 +168,12 @@ class JobStore:
         """'taken' (this delivery serves the job, under a lease of lease_s), 'final', 'held'
         (another delivery's lease is live: this one is a duplicate) or 'missing'."""
         now = time.time()
-        return self._take(keys=[self.key(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
+        return self._take(keys=[self.keys.job(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
 
     def renew(self, job_id: str, delivery: str, lease_s: float) -> bool:
         """Push the lease out; False once the delivery no longer holds the job."""
-        return bool(self._renew(keys=[self.key(job_id), self.leases], args=[job_id, delivery, time.time() + lease_s]))
+        expiry = time.time() + lease_s
+        return bool(self._renew(keys=[self.keys.job(job_id), self.leases], args=[job_id, delivery, expiry]))
 
     def requeue_lapsed(self, send: Callable[[str, dict], None]) -> list[str]:
         """Send again every unfinished job whose lease lapsed (its worker died): send(job_id,
@@ -187,7 +182,7 @@ class JobStore:
         now = time.time()
         sent = []
         for job_id in self.redis.zrangebyscore(self.leases, "-inf", now):
-            request = self._release_lapsed(keys=[self.key(job_id), self.leases], args=[job_id, now])
+            request = self._release_lapsed(keys=[self.keys.job(job_id), self.leases], args=[job_id, now])
             if not request:
                 continue
             try:

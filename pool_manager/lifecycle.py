@@ -30,10 +30,10 @@ class Lifecycle:
         container_id = f"gr-{pool}-{secrets.token_hex(6)}"
         port = self.ports.allocate(container_id)
         container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
-                              time.time())
+                              time.time(), key=secrets.token_urlsafe(32))
         self.state.add(container)
         try:
-            runtime.create(container_id, pool, spec, port)
+            runtime.create(container_id, pool, spec, port, container.key)
         except RuntimeFailure as exc:
             log.warning("pool %s: creating %s failed: %s", pool, container_id, exc)
             self.fail(container, runtime)
@@ -72,7 +72,9 @@ class Lifecycle:
         if not self.state.move(container, "warming", "idle", endpoint=endpoint):
             return False
         self.state.boot_succeeded(container.pool)
-        self.metrics.observe("boot_seconds", container.pool, time.time() - container.created_at)
+        booted_s = time.time() - container.created_at
+        self.metrics.observe("boot_seconds", container.pool, booted_s)
+        log.info("pool %s: %s ready in %.1fs", container.pool, container.id, booted_s)
         return True
 
     @staticmethod
@@ -97,7 +99,7 @@ class Lifecycle:
     def destroy(self, container: Container, runtime: Runtime) -> None:
         """Take it out of service at once, then remove it. If the runtime fails, its record
         stays as 'gone', so no reconcile adopts it and the next one retries the removal."""
-        self.state.retire(container)
+        self.state.mark_gone(container)
         try:
             runtime.destroy(container.id)
         except RuntimeFailure as exc:
@@ -105,3 +107,4 @@ class Lifecycle:
             return
         self.state.forget(container)
         self.ports.release(container.port)
+        log.info("pool %s: %s removed", container.pool, container.id)

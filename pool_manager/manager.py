@@ -1,40 +1,24 @@
-"""PoolManager: the one entry point to pools for the workers, the API and the CLI."""
+"""PoolManager: the one entry point to pools for the workers, which run them: claims,
+session ends and reconcile passes. (Readers hold a PoolOverview instead.)"""
 
 import logging
 import secrets
-from dataclasses import dataclass
 
 from redis import Redis
 
-from .errors import ConfigError, NoIdleContainer, RuntimeFailure, SessionClosed, SessionModelMismatch, UnknownPool
+from .errors import RuntimeFailure, SessionClosed, SessionModelMismatch
 from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
-from .settings import PoolSpec, Settings
-from .state import Claim, PoolState, connect_redis
+from .settings import Settings
+from .specs import PoolSpecs
+from .state import Claim, PoolState, Refusal, connect_redis
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after it
-SCALABLE = ("target_idle", "max_total")
-DEGRADED_AFTER = 3  # consecutive failed boots
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    name: str
-    runtime: str
-    target_idle: int
-    max_total: int
-    idle: int
-    warming: int
-    assigned: int
-    failed: int
-    booted: int
-    degraded: bool  # its last DEGRADED_AFTER boots all failed, or its runtime is failing
-    runtime_error: str | None  # why the last reconcile could not reach the runtime
 
 
 class PoolManager:
@@ -42,30 +26,14 @@ class PoolManager:
         self.settings = settings
         self.redis = redis or connect_redis(settings.redis_url)
         self.state = PoolState(self.redis, settings.deployment)
+        self.specs = PoolSpecs(settings, self.state)
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
                                    settings.boot_backoff_s)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
-    # specs and runtimes
-    def configured_spec(self, pool: str) -> PoolSpec:
-        """The pool's spec as configured: right for everything but its scale (SCALABLE)."""
-        try:
-            return self.settings.pools[pool]
-        except KeyError:
-            raise UnknownPool(f"no pool named {pool!r}") from None
-
-    def spec(self, pool: str) -> PoolSpec:
-        """The pool's spec with its run-time overrides (pool scale, PATCH) applied."""
-        spec = self.configured_spec(pool)
-        overrides = self.state.overrides(pool)
-        if not overrides:
-            return spec
-        merged = spec.model_dump() | overrides
-        merged["target_idle"] = min(merged["target_idle"], merged["max_total"])
-        return PoolSpec(**merged)
-
+    # runtimes
     def runtime_name(self, pool: str) -> str:
         """The pool's runtime, resolved once: "auto" is docker where an engine answers,
         else process. The choice is recorded for status readers that hold no runtime."""
@@ -86,6 +54,7 @@ class PoolManager:
     def _runtime_options(self, name: str) -> dict:
         settings = self.settings
         return {"docker": {"docker_host": settings.docker_host},
+                "process": {"state_dir": settings.state_dir},
                 "kubernetes": {"namespace": settings.kubernetes_namespace, "kubeconfig": settings.kubeconfig},
                 }.get(name, {})
 
@@ -93,20 +62,20 @@ class PoolManager:
         return self.runtime(self.runtime_name(pool))
 
     # sessions
-    def claim(self, pool: str, session_id: str, job_id: str = "") -> Claim:
+    def claim(self, pool: str, session_id: str, job_id: str = "") -> Claim | None:
         """The session's container: its own if it has one, else an idle one once no job
         waits ahead of this one, atomically (the job, if it waited in line, leaves it in
-        the same step). Raises NoIdleContainer (wait and retry), SessionClosed or
-        SessionModelMismatch."""
-        lease_s = self.configured_spec(pool).session_idle_ttl_s  # not scalable: no read of the overrides
+        the same step). None: none for this job yet (wait, and claim again). Raises
+        SessionClosed or SessionModelMismatch."""
+        lease_s = self.specs.configured(pool).session_idle_ttl_s  # not scalable: no read of the overrides
         result = self.state.claim(pool, session_id, lease_s, self.settings.claim_timeout_s, job_id)
-        if isinstance(result, Claim):
-            if result.container.pool != pool:
-                raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
-            return result
-        if result == "empty":
-            raise NoIdleContainer(f"pool {pool!r} has no idle container")
-        raise SessionClosed(f"session {session_id!r} is {result}")
+        if result is Refusal.EMPTY:
+            return None
+        if isinstance(result, Refusal):
+            raise SessionClosed(f"session {session_id!r} is {result.value}")
+        if result.container.pool != pool:
+            raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
+        return result
 
     def renew(self, claim: Claim) -> bool:
         return self.state.renew_lease(claim.container, claim.lease_s)
@@ -121,10 +90,10 @@ class PoolManager:
         container = self.state.get(session["container"])
         if container is None:
             return True
-        spec = self.configured_spec(container.pool)
+        spec = self.specs.configured(container.pool)
         if spec.recycle and is_healthy(container.endpoint, spec.health_path):
             if self.state.move(container, "assigned", "idle"):
-                self.redis.hdel(self.state.container_key(container.id), "session")
+                self.state.detach_session(container.id)
                 return True
         if self.state.move(container, "assigned", None):
             self.lifecycle.destroy(container, self.pool_runtime(container.pool))
@@ -152,41 +121,14 @@ class PoolManager:
     def _pass(self, pool: str) -> ReconcileReport:
         """One pass; a runtime that fails it is recorded for status readers until one succeeds."""
         try:
-            report = ReconcilePass(pool, self.spec(pool), self.pool_runtime(pool), self.state, self.lifecycle,
-                                   self.close_session, self.settings.claim_timeout_s).run()
+            report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
+                                   self.lifecycle, self.close_session, self.settings.claim_timeout_s).run()
         except RuntimeFailure as exc:
             self.state.set_info(pool, runtime_error=str(exc)[:500])
             raise
         self.state.set_info(pool, runtime_error="")
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         return report
-
-    def reconcile_all(self) -> list[ReconcileReport]:
-        return [r for r in (self.reconcile(pool) for pool in self.settings.pools) if r]
-
-    # operators
-    def status(self, pool: str) -> PoolStatus:
-        """Read from Redis alone: the API can show it without any runtime."""
-        spec, counts = self.spec(pool), self.state.counts(pool)
-        stats, info = self.state.stats(pool), self.state.info(pool)
-        runtime_error = info.get("runtime_error") or None
-        return PoolStatus(pool, info.get("runtime") or spec.runtime, spec.target_idle, spec.max_total, counts["idle"],
-                          counts["warming"], counts["assigned"], stats.get("failed", 0), stats.get("booted", 0),
-                          stats.get("consecutive_failures", 0) >= DEGRADED_AFTER or runtime_error is not None,
-                          runtime_error)
-
-    def scale(self, pool: str, **values: int) -> PoolSpec:
-        """Change target_idle and/or max_total at run time; validated like the file."""
-        unknown = set(values) - set(SCALABLE)
-        if unknown:
-            raise ConfigError(f"only {', '.join(SCALABLE)} can change at run time, not {', '.join(sorted(unknown))}")
-        merged = self.spec(pool).model_dump() | values
-        try:
-            PoolSpec(**merged)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.state.set_overrides(pool, values)
-        return self.spec(pool)
 
     def close(self) -> None:
         for runtime in self._runtimes.values():

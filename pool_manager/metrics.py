@@ -11,6 +11,8 @@ import math
 
 from redis import Redis
 
+from .keys import Keys
+
 HISTOGRAMS = {  # name -> (help, bucket upper bounds)
     "claim_wait_seconds": ("How long a new session waited for a container (0 when one was idle)",
                            (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
@@ -26,11 +28,11 @@ HISTOGRAMS = {  # name -> (help, bucket upper bounds)
 class Metrics:
     def __init__(self, redis: Redis, deployment: str):
         self.redis = redis
-        self.prefix = f"greenroom:{deployment}:hist:"
+        self.keys = Keys(deployment)
 
     def observe(self, name: str, pool: str, value: float) -> None:
         bucket = bisect.bisect_left(HISTOGRAMS[name][1], value)  # len(buckets) is +Inf
-        key = f"{self.prefix}{name}:{pool}"
+        key = self.keys.histogram(name, pool)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(key, str(bucket), 1)
             pipe.hincrby(key, "count", 1)
@@ -39,7 +41,7 @@ class Metrics:
 
     def histogram(self, name: str, pool: str) -> tuple[list[tuple[float, int]], float, int]:
         """([(upper bound, cumulative count), ..., (inf, count)], sum, count)."""
-        fields = self.redis.hgetall(f"{self.prefix}{name}:{pool}")
+        fields = self.redis.hgetall(self.keys.histogram(name, pool))
         bounds = (*HISTOGRAMS[name][1], math.inf)
         running, buckets = 0, []
         for index, bound in enumerate(bounds):

@@ -11,8 +11,7 @@ import socket
 from redis import Redis
 
 from .errors import RuntimeFailure
-
-KEY = "greenroom:ports"  # host-wide, not per deployment: ports are a host resource
+from .keys import PORTS
 
 
 def _free_on_host(port: int) -> bool:
@@ -32,17 +31,17 @@ class PortAllocator:
     def allocate(self, holder: str, attempts: int = 64) -> int:
         for _ in range(attempts):
             port = random.randint(self.low, self.high)
-            if not self.redis.hsetnx(KEY, port, holder):
+            if not self.redis.hsetnx(PORTS, port, holder):
                 continue
             if _free_on_host(port):
                 return port
-            self.redis.hdel(KEY, port)
+            self.redis.hdel(PORTS, port)
         raise RuntimeFailure(f"no free port in {self.low}-{self.high} after {attempts} attempts")
 
     def reserve(self, port: int, holder: str) -> None:
         """Record a port that an adopted server already holds."""
-        self.redis.hset(KEY, port, holder)
+        self.redis.hset(PORTS, port, holder)
 
     def release(self, port: int | None) -> None:
         if port:
-            self.redis.hdel(KEY, port)
+            self.redis.hdel(PORTS, port)

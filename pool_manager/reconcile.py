@@ -85,19 +85,20 @@ class ReconcilePass:
             return  # known after all: created or claimed since we listed
         endpoint = self.runtime.endpoint(instance.id, self.spec, instance.port)
         booting = time.time() - instance.created_at < self.spec.boot_timeout_s
-        if record is None and instance.running:
+        key = self.runtime.key_of(instance.id, self.spec) if record is None and instance.running else None
+        if key:  # without its key greenroom could not talk to it
             if ready := self.runtime.ready_endpoint(instance.id, self.spec, instance.port):
-                self._adopt(instance, ready, "idle")
+                self._adopt(instance, ready, key, "idle")
                 return
             if booting:
-                self._adopt(instance, endpoint, "warming")
+                self._adopt(instance, endpoint, key, "warming")
                 return
-        placeholder = Container(instance.id, self.pool, "gone", instance.port, endpoint, instance.created_at)
+        placeholder = Container(instance.id, self.pool, "gone", instance.port, endpoint, instance.created_at, "")
         self.lifecycle.destroy(placeholder, self.runtime)
         self.report.destroyed += 1
 
-    def _adopt(self, instance: Instance, endpoint: str, state: str) -> None:
-        container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at)
+    def _adopt(self, instance: Instance, endpoint: str, key: str, state: str) -> None:
+        container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at, key)
         self.lifecycle.ports.reserve(instance.port, instance.id)
         self.state.add(container)
         if state == "warming":

@@ -4,6 +4,7 @@ The TOML file is named by GREENROOM_CONFIG; environment variables win over it. E
 value is validated here, so a wrong spec fails at start-up with the field it concerns.
 """
 
+import logging
 import os
 import re
 import sys
@@ -22,6 +23,8 @@ DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # A kubernetes pool's name goes into pod names (gr-<pool>-<12 hex>, at most 63 characters)
 KUBE_POOL = r"^[a-z0-9]([a-z0-9-]{0,45}[a-z0-9])?$"
 LABEL_VALUE = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+SEND_TASK_TENANT = "celery"  # the owner of jobs sent with send_task: reserved, no API key may claim it
+log = logging.getLogger(__name__)
 
 
 class PoolSpec(BaseModel):
@@ -41,9 +44,14 @@ class PoolSpec(BaseModel):
     env: dict[str, str] = {}
     port: int = Field(8000, ge=1, le=65535)
     network: str = "host"
+    # Each container gets a bearer key of its own in this variable (vLLM reads VLLM_API_KEY);
+    # relays send it, so containers sharing a network cannot use each other.
+    container_key_env: str = Field("API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     mem_limit: str = Field("1g", pattern=r"^\d+[bkmg]?$")
     cpus: float = Field(1.0, gt=0)
     pids_limit: int = Field(256, ge=1)
+    nofile: int = Field(4096, ge=64)  # open files per container
+    log_max_size: str = Field("10m", pattern=r"^\d+[kmg]$")  # docker's json-file log, kept in 3 files of this
     user: str = "10001:10001"
     tmpfs: dict[str, str] = {"/tmp": "rw,noexec,nosuid,size=64m"}
 
@@ -76,6 +84,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="forbid", frozen=True)
 
     deployment: str = Field("greenroom", pattern=NAME)  # the owner label of every container
+    state_dir: Path | None = None  # local state (process servers' records, beat's schedule); statedir.py
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # defaults to redis_url
     docker_host: str | None = None  # defaults to DOCKER_HOST, then the local socket
@@ -128,6 +137,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"deployment {self.deployment!r} must match {LABEL_VALUE} (a label value)")
         return self
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for tenant, key in keys.items():
+            if not re.match(NAME, tenant):
+                raise ValueError(f"tenant name {tenant!r} must match {NAME}")
+            if tenant == SEND_TASK_TENANT:
+                raise ValueError(f"tenant name {tenant!r} is reserved for jobs sent with send_task")
+            value = key.get_secret_value()
+            if value.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+                raise ValueError(f"tenant {tenant!r}: a sha256: key must be 64 lowercase hex digits")
+            if len(value) < 16:
+                raise ValueError(f"tenant {tenant!r}: its key must be at least 16 characters")
+        return keys
+
     @field_validator("port_range")
     @classmethod
     def _port_range(cls, ports: tuple[int, int]) -> tuple[int, int]:
@@ -164,7 +188,10 @@ class Settings(BaseSettings):
         if path := os.environ.get("GREENROOM_CONFIG"):
             if not Path(path).is_file():
                 raise ConfigError(f"GREENROOM_CONFIG names {path!r}, which is not a file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            source = TomlConfigSettingsSource(settings_cls, toml_file=path)
+            if "api_keys" in source.toml_data and Path(path).stat().st_mode & 0o004:
+                log.warning("%s holds api_keys and any user of this machine can read it: chmod o-r it", path)
+            sources.append(source)
         return tuple(sources)
 
 

@@ -1,20 +1,22 @@
 """Pool state in Redis: containers by state, sessions, leases, stats and overrides.
 
-Keys live under greenroom:<deployment>:. Per pool, three sorted sets hold the container
-ids by state: warming (score: created at), idle (score: ready at) and assigned (score:
-lease expiry, so expired leases are one ZRANGEBYSCORE away). Each container has a hash,
-each session a hash naming its container. Every transition is one atomic step (a Lua
-script), so concurrent workers and reconciles never hand a container out twice.
+Per pool, three sorted sets hold the container ids by state (keys.py has the map):
+warming (score: created at), idle (score: ready at) and assigned (score: lease expiry, so
+expired leases are one ZRANGEBYSCORE away). Each container has a hash, each session a
+hash naming its container. Every transition is one atomic step (a Lua script), so
+concurrent workers and reconciles never hand a container out twice.
 """
 
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-STATES = ("warming", "idle", "assigned")
+from .keys import POOL_STATES, Keys
+
 # A Redis restart (a few seconds) is ridden out: a command that meets a connection error
 # or timeout is retried with backoff, about 10 s in all, before the error surfaces.
 REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
@@ -25,13 +27,13 @@ CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "
 # live jobs wait ahead of it in the pool's line (all of them, if it is not in line) than
 # there are idle containers. A job that waited leaves the line in the same step, so no
 # reconcile counts it as demand after. Returns {"new"|"existing", the container's hash}
-# or {reason}.
+# or {a Refusal's value}.
 _CLAIM = """
 local session_key, idle, assigned, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local session_id, pool, lease_until, now, prefix, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local session_id, pool, lease_until, now, records, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local stale_before = ARGV[7]
 local session = redis.call('HMGET', session_key, 'container', 'state')
-if session[2] == 'active' then return {'existing', redis.call('HGETALL', prefix .. 'c:' .. session[1])} end
+if session[2] == 'active' then return {'existing', redis.call('HGETALL', records .. session[1])} end
 if session[2] then return {session[2]} end
 redis.call('ZREMRANGEBYSCORE', waiting, '-inf', stale_before)
 local ahead = redis.call('ZRANK', waiting, job_id) or redis.call('ZCARD', waiting)
@@ -40,10 +42,10 @@ local popped = redis.call('ZPOPMIN', idle)
 if #popped == 0 then return {'empty'} end
 local id = popped[1]
 redis.call('ZADD', assigned, lease_until, id)
-redis.call('HSET', prefix .. 'c:' .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
+redis.call('HSET', records .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
 redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
 redis.call('ZREM', waiting, job_id)
-return {'new', redis.call('HGETALL', prefix .. 'c:' .. id)}
+return {'new', redis.call('HGETALL', records .. id)}
 """
 
 # Move a container between state sets only if it is still where the caller saw it, so
@@ -100,12 +102,13 @@ class Container:
     port: int
     endpoint: str
     created_at: float
+    key: str  # the bearer key the server requires (runtimes pass it at create)
     session: str | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Container":
         return cls(fields["id"], fields["pool"], fields["state"], int(fields["port"]), fields["endpoint"],
-                   float(fields["created_at"]), fields.get("session") or None)
+                   float(fields["created_at"]), fields.get("key", ""), fields.get("session") or None)
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,18 @@ class Claim:
     lease_s: float  # how far each renewal pushes the lease out (the pool's session_idle_ttl_s)
 
 
+class Refusal(Enum):
+    """Why a claim got no container."""
+
+    EMPTY = "empty"  # none idle for this job yet (the line goes first): wait
+    CLOSED = "closed"  # the session ended
+    BROKEN = "broken"  # the session's container died
+
+
 class PoolState:
     def __init__(self, redis: Redis, deployment: str):
         self.redis = redis
-        self.prefix = f"greenroom:{deployment}:"
+        self.keys = Keys(deployment)
         self._claim = redis.register_script(_CLAIM)
         self._move = redis.register_script(_MOVE)
         self._end_session = redis.register_script(_END_SESSION)
@@ -126,129 +137,120 @@ class PoolState:
         self._unlock = redis.register_script(_UNLOCK)
         self._renew_lock = redis.register_script(_RENEW_LOCK)
 
-    # keys
-    def key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
-
-    def state_key(self, pool: str, state: str) -> str:
-        return self.key("pool", pool, state)
-
-    def container_key(self, container_id: str) -> str:
-        return self.key("c", container_id)
-
-    def session_key(self, session_id: str) -> str:
-        return self.key("session", session_id)
-
     # containers
     def add(self, container: Container) -> None:
         """Record a container in its state (warming when just created, or adopted)."""
         fields = {k: v for k, v in vars(container).items() if v is not None}
         score = container.created_at if container.state == "warming" else time.time()
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.container_key(container.id), mapping=fields)
-            pipe.zadd(self.state_key(container.pool, container.state), {container.id: score})
+            pipe.hset(self.keys.container(container.id), mapping=fields)
+            pipe.zadd(self.keys.pool(container.pool, container.state), {container.id: score})
             pipe.execute()
 
     def get(self, container_id: str) -> Container | None:
-        fields = self.redis.hgetall(self.container_key(container_id))
+        fields = self.redis.hgetall(self.keys.container(container_id))
         return Container.from_hash(fields) if fields else None
 
     def containers(self, pool: str) -> dict[str, Container]:
-        ids = [i for state in STATES for i in self.redis.zrange(self.state_key(pool, state), 0, -1)]
+        ids = [i for state in POOL_STATES for i in self.redis.zrange(self.keys.pool(pool, state), 0, -1)]
         with self.redis.pipeline(transaction=False) as pipe:
             for container_id in ids:
-                pipe.hgetall(self.container_key(container_id))
+                pipe.hgetall(self.keys.container(container_id))
             found = [Container.from_hash(f) for f in pipe.execute() if f]
         return {c.id: c for c in found}
 
     def move(self, container: Container, from_state: str, to_state: str | None, **fields: str) -> bool:
         """Atomically move from one state to another (None: out of every set), setting
         any fields of its record in the same step."""
-        to_key = self.state_key(container.pool, to_state) if to_state else ""
+        to_key = self.keys.pool(container.pool, to_state) if to_state else ""
         return bool(self._move(
-            keys=[self.state_key(container.pool, from_state), to_key, self.container_key(container.id)],
+            keys=[self.keys.pool(container.pool, from_state), to_key, self.keys.container(container.id)],
             args=[container.id, to_state or "gone", time.time(), *(x for pair in fields.items() for x in pair)],
         ))
 
     def states(self, pool: str) -> dict[str, str]:
         """Each container id of the pool with its state (warming, idle, assigned)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for state in STATES:
-                pipe.zrange(self.state_key(pool, state), 0, -1)
+            for state in POOL_STATES:
+                pipe.zrange(self.keys.pool(pool, state), 0, -1)
             found = pipe.execute()
-        return {container_id: state for state, ids in zip(STATES, found, strict=True) for container_id in ids}
+        return {container_id: state for state, ids in zip(POOL_STATES, found, strict=True) for container_id in ids}
 
-    def retire(self, container: Container) -> None:
+    def mark_gone(self, container: Container) -> None:
         """Out of every state set, its record kept as 'gone' until the runtime removes it."""
         with self.redis.pipeline() as pipe:
-            for state in STATES:
-                pipe.zrem(self.state_key(container.pool, state), container.id)
-            pipe.hset(self.container_key(container.id), "state", "gone")
+            for state in POOL_STATES:
+                pipe.zrem(self.keys.pool(container.pool, state), container.id)
+            pipe.hset(self.keys.container(container.id), "state", "gone")
             pipe.execute()
+
+    def detach_session(self, container_id: str) -> None:
+        """A recycled container names no session any more."""
+        self.redis.hdel(self.keys.container(container_id), "session")
 
     def forget(self, container: Container) -> None:
         with self.redis.pipeline() as pipe:
-            for state in STATES:
-                pipe.zrem(self.state_key(container.pool, state), container.id)
-            pipe.delete(self.container_key(container.id))
+            for state in POOL_STATES:
+                pipe.zrem(self.keys.pool(container.pool, state), container.id)
+            pipe.delete(self.keys.container(container.id))
             pipe.execute()
 
     def counts(self, pool: str) -> dict[str, int]:
         with self.redis.pipeline(transaction=False) as pipe:
-            for state in STATES:
-                pipe.zcard(self.state_key(pool, state))
-            return dict(zip(STATES, pipe.execute(), strict=True))
+            for state in POOL_STATES:
+                pipe.zcard(self.keys.pool(pool, state))
+            return dict(zip(POOL_STATES, pipe.execute(), strict=True))
 
     def newest_idle(self, pool: str, count: int) -> list[str]:
         """The ids a claim would hand out last (claims take the longest idle first)."""
-        return self.redis.zrevrange(self.state_key(pool, "idle"), 0, count - 1)
+        return self.redis.zrevrange(self.keys.pool(pool, "idle"), 0, count - 1)
 
     # sessions and leases
-    def claim(self, pool: str, session_id: str, lease_s: float, max_wait_s: float, job_id: str = "") -> Claim | str:
-        """The session's container, or the reason there is none: 'empty' (none idle for
-        this job: the line goes first), 'closed', 'broken'. Entries in line older than
+    def claim(self, pool: str, session_id: str, lease_s: float, max_wait_s: float,
+              job_id: str = "") -> Claim | Refusal:
+        """The session's container, or why there is none. Entries in line older than
         max_wait_s are dropped first (see waiting_count)."""
         now = time.time()
-        keys = [self.session_key(session_id), *(self.state_key(pool, s) for s in ("idle", "assigned", "waiting"))]
-        outcome, *found = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.prefix,
+        keys = [self.keys.session(session_id), *(self.keys.pool(pool, s) for s in ("idle", "assigned", "waiting"))]
+        outcome, *found = self._claim(keys=keys, args=[session_id, pool, now + lease_s, now, self.keys.container(""),
                                                        job_id, now - max_wait_s])
         if not found:
-            return outcome
+            return Refusal(outcome)
         if not found[0]:
-            return "broken"  # the session names a container whose record is gone
+            return Refusal.BROKEN  # the session names a container whose record is gone
         pairs = iter(found[0])
         return Claim(Container.from_hash(dict(zip(pairs, pairs))), new=outcome == "new", lease_s=lease_s)
 
     def session(self, session_id: str) -> dict[str, str]:
-        return self.redis.hgetall(self.session_key(session_id))
+        return self.redis.hgetall(self.keys.session(session_id))
 
     def renew_lease(self, container: Container, lease_s: float) -> bool:
         """Push the lease expiry out; False when the container is no longer assigned."""
-        key = self.state_key(container.pool, "assigned")
+        key = self.keys.pool(container.pool, "assigned")
         return bool(self.redis.zadd(key, {container.id: time.time() + lease_s}, xx=True, ch=True))
 
     def expired_leases(self, pool: str) -> list[str]:
-        return self.redis.zrangebyscore(self.state_key(pool, "assigned"), "-inf", time.time())
+        return self.redis.zrangebyscore(self.keys.pool(pool, "assigned"), "-inf", time.time())
 
     def end_session(self, session_id: str, state: str, container_id: str = "") -> None:
         """Mark a session closed or broken; the id then answers so for a day. With a
         container id, only if the session still names it (it may have moved on since)."""
-        self._end_session(keys=[self.session_key(session_id)], args=[state, container_id, CLOSED_SESSION_TTL_S])
+        self._end_session(keys=[self.keys.session(session_id)], args=[state, container_id, CLOSED_SESSION_TTL_S])
 
     # pool stats and run-time overrides
     def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:
-        self.redis.hincrby(self.key("pool", pool, "stats"), name, amount)
+        self.redis.hincrby(self.keys.pool(pool, "stats"), name, amount)
 
     def boot_succeeded(self, pool: str) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.hincrby(self.key("pool", pool, "stats"), "booted", 1)
-            pipe.hset(self.key("pool", pool, "stats"), "consecutive_failures", 0)
-            pipe.hset(self.key("pool", pool, "info"), "backoff_until", 0)
+            pipe.hincrby(self.keys.pool(pool, "stats"), "booted", 1)
+            pipe.hset(self.keys.pool(pool, "stats"), "consecutive_failures", 0)
+            pipe.hset(self.keys.pool(pool, "info"), "backoff_until", 0)
             pipe.execute()
 
     def boot_failed(self, pool: str, base_s: float, max_s: float) -> float:
         """Count a failed boot and back off exponentially before the next; returns the delay."""
-        stats = self.key("pool", pool, "stats")
+        stats = self.keys.pool(pool, "stats")
         with self.redis.pipeline() as pipe:
             pipe.hincrby(stats, "failed", 1)
             pipe.hincrby(stats, "consecutive_failures", 1)
@@ -262,42 +264,46 @@ class PoolState:
 
     def info(self, pool: str) -> dict[str, str]:
         """What the workers last learnt of the pool: its runtime, backoff, runtime error."""
-        return self.redis.hgetall(self.key("pool", pool, "info"))
+        return self.redis.hgetall(self.keys.pool(pool, "info"))
 
     def set_info(self, pool: str, **fields: str) -> None:
-        self.redis.hset(self.key("pool", pool, "info"), mapping=fields)
+        self.redis.hset(self.keys.pool(pool, "info"), mapping=fields)
 
     def stats(self, pool: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "stats")).items()}
+        return {k: int(v) for k, v in self.redis.hgetall(self.keys.pool(pool, "stats")).items()}
 
     def overrides(self, pool: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(self.key("pool", pool, "overrides")).items()}
+        return {k: int(v) for k, v in self.redis.hgetall(self.keys.pool(pool, "overrides")).items()}
 
     def set_overrides(self, pool: str, values: dict[str, int]) -> None:
-        self.redis.hset(self.key("pool", pool, "overrides"), mapping=values)
+        self.redis.hset(self.keys.pool(pool, "overrides"), mapping=values)
 
     def discard_session(self, session_id: str) -> None:
         """Forget a session entirely, so that its id can claim afresh."""
-        self.redis.delete(self.session_key(session_id))
+        self.redis.delete(self.keys.session(session_id))
 
     # jobs waiting for a container: their count is demand the next reconcile boots for
     def add_waiting(self, pool: str, job_id: str) -> int:
         """Join the pool's line; returns the 1-based position."""
-        key = self.state_key(pool, "waiting")
+        key = self.keys.pool(pool, "waiting")
         self.redis.zadd(key, {job_id: time.time()}, nx=True)
         return self.waiting_position(pool, job_id)
 
     def waiting_position(self, pool: str, job_id: str) -> int:
-        rank = self.redis.zrank(self.state_key(pool, "waiting"), job_id)
+        rank = self.redis.zrank(self.keys.pool(pool, "waiting"), job_id)
         return 0 if rank is None else rank + 1
 
     def remove_waiting(self, pool: str, job_id: str) -> None:
-        self.redis.zrem(self.state_key(pool, "waiting"), job_id)
+        self.redis.zrem(self.keys.pool(pool, "waiting"), job_id)
+
+    def waiting(self, pool: str, max_wait_s: float) -> int:
+        """Jobs in line younger than max_wait_s (a read only: waiting_count drops the rest)."""
+        return self.redis.zcount(self.keys.pool(pool, "waiting"), time.time() - max_wait_s, "+inf")
 
     def waiting_count(self, pool: str, max_wait_s: float) -> int:
         """Jobs in line, after dropping any older than the longest possible wait (their
         worker died while waiting; a redelivery joins the line again)."""
-        key = self.state_key(pool, "waiting")
+        key = self.keys.pool(pool, "waiting")
         with self.redis.pipeline() as pipe:
             pipe.zremrangebyscore(key, "-inf", time.time() - max_wait_s)
             pipe.zcard(key)
@@ -305,16 +311,16 @@ class PoolState:
 
     # locks: the reconcile lock per pool, the one-message-at-a-time lock per session
     def try_lock(self, name: str, token: str, ttl_s: float) -> bool:
-        return bool(self._lock(keys=[self.key("lock", name)], args=[token, int(ttl_s * 1000)]))
+        return bool(self._lock(keys=[self.keys.lock(name)], args=[token, int(ttl_s * 1000)]))
 
     def renew_lock(self, name: str, token: str, ttl_s: float) -> bool:
-        return bool(self._renew_lock(keys=[self.key("lock", name)], args=[token, int(ttl_s * 1000)]))
+        return bool(self._renew_lock(keys=[self.keys.lock(name)], args=[token, int(ttl_s * 1000)]))
 
     def unlock(self, name: str, token: str) -> None:
-        self._unlock(keys=[self.key("lock", name)], args=[token])
+        self._unlock(keys=[self.keys.lock(name)], args=[token])
 
     def flag(self, name: str) -> None:
-        self.redis.set(self.key("flag", name), 1)
+        self.redis.set(self.keys.flag(name), 1)
 
     def take_flag(self, name: str) -> bool:
-        return self.redis.getdel(self.key("flag", name)) is not None
+        return self.redis.getdel(self.keys.flag(name)) is not None

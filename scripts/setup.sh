@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install and start what greenroom needs, idempotently: check first, act only when missing.
-# Usage: scripts/setup.sh [packages|docker|base|chatbot|venv ...]   (no args: all steps)
+# Usage: scripts/setup.sh [packages|docker|base|chatbot|venv|wheelhouse|redis ...]   (no args: all)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="greenroom/base:bookworm"
 CHATBOT_IMAGE="greenroom/chatbot:latest"
 CHATBOT_DIR="$REPO/images/chatbot"
+REDIS_IMAGE="greenroom/redis:bookworm"  # docker-compose.yml's Redis where redis:7 cannot be pulled
+WHEELHOUSE="$REPO/deploy/wheelhouse"
 DOCKERD_LOG="/var/log/greenroom-dockerd.log"
 VENV="$REPO/.venv"
 STAMP="$VENV/.greenroom-stamp"
@@ -38,7 +40,8 @@ apt_install() {
 
 step_packages() {
   local t=$SECONDS missing=() cmd pkg
-  for pair in docker:docker.io dockerd:docker.io redis-server:redis-server mmdebstrap:mmdebstrap; do
+  for pair in docker:docker.io dockerd:docker.io redis-server:redis-server mmdebstrap:mmdebstrap \
+      docker-compose:docker-compose; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null || missing+=("$pkg")
   done
@@ -119,13 +122,78 @@ step_venv() {
   say "venv .venv ... installed $(took "$t")"
 }
 
+# Wheels of the image's dependencies, pip and setuptools, for an offline image build
+# (Dockerfile, INSTALL_FROM=wheelhouse); remade when the dependencies, the venv's Python or
+# the base image change.
+step_wheelhouse() {
+  local t=$SECONDS reqs want base_py
+  [ -x "$VENV/bin/pip" ] || die "the wheelhouse needs the venv: scripts/setup.sh venv wheelhouse"
+  reqs="$("$VENV/bin/python" -c 'import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")"
+  want="$({ echo "$reqs"; "$VENV/bin/python" -V; docker image inspect -f '{{.Id}}' "$BASE_IMAGE"; } \
+    | sha256sum | cut -c1-64)"
+  if [ "$(cat "$WHEELHOUSE/.stamp" 2>/dev/null)" = "$want" ]; then
+    say "wheelhouse deploy/wheelhouse ... up to date"; return
+  fi
+  # The wheels are this Python's: the base image must run the same minor version.
+  base_py="$(docker run --rm --network none "$BASE_IMAGE" python3 -c 'import sys; print(*sys.version_info[:2])')"
+  [ "$base_py" = "$("$VENV/bin/python" -c 'import sys; print(*sys.version_info[:2])')" ] \
+    || die "$BASE_IMAGE runs Python $base_py, not the venv's: the wheels would not fit"
+  mkdir -p "$WHEELHOUSE"
+  rm -f "$WHEELHOUSE"/*.whl "$WHEELHOUSE/.stamp"
+  printf '%s\n' "$reqs" pip 'setuptools>=68' >"$WHEELHOUSE/requirements.txt"
+  quiet "$VENV/bin/pip" wheel --disable-pip-version-check --wheel-dir "$WHEELHOUSE" \
+    -r "$WHEELHOUSE/requirements.txt"
+  wheelhouse_complete_for_base
+  echo "$want" >"$WHEELHOUSE/.stamp"
+  say "wheelhouse deploy/wheelhouse ... built $(took "$t")"
+}
+
+# pip on the host resolved with the host's Python; the image's may need more (environment
+# markers: redis wants async-timeout below Python 3.11.3). Resolve again offline with the
+# base image's Python and fetch what it misses, until it misses nothing.
+wheelhouse_complete_for_base() {
+  local out missing
+  for _ in 1 2 3 4 5 6 7 8; do
+    out="$(docker run --rm --network none -v "$WHEELHOUSE:/w:ro" "$BASE_IMAGE" sh -c \
+      'set -- /w/pip-*.whl; python3 "$1/pip" download -q --no-index --find-links /w -d /tmp/x -r /w/requirements.txt' 2>&1)" \
+      && return 0
+    missing="$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' <<<"$out" | head -n 1)"
+    [ -n "$missing" ] || { echo "$out" >&2; die "the wheelhouse does not install on $BASE_IMAGE"; }
+    quiet "$VENV/bin/pip" wheel --disable-pip-version-check --no-deps --wheel-dir "$WHEELHOUSE" "$missing"
+  done
+  die "the wheelhouse still misses wheels for $BASE_IMAGE after 8 rounds"
+}
+
+# Redis for docker-compose.yml where redis:7 cannot be pulled: Debian's redis-server on a
+# minbase, running as user redis with /data its own (as in the official image).
+step_redis() {
+  local t=$SECONDS tmp
+  if docker image inspect "$REDIS_IMAGE" >/dev/null 2>&1; then
+    say "redis image $REDIS_IMAGE ... present"; return
+  fi
+  tmp="$(mktemp -d /var/tmp/greenroom-redis.XXXXXX)"
+  CLEANUP="$tmp"
+  quiet mmdebstrap --quiet --variant=minbase --include=redis-server \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --customize-hook='mkdir -p "$1/data" && chroot "$1" chown redis:redis /data' \
+    bookworm "$tmp/redis.tar"
+  quiet docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' --change 'USER redis' --change 'WORKDIR /data' \
+    --change 'EXPOSE 6379' --change 'CMD ["redis-server"]' \
+    "$tmp/redis.tar" "$REDIS_IMAGE"
+  rm -rf "$tmp"; CLEANUP=""
+  say "redis image $REDIS_IMAGE ... built $(took "$t")"
+}
+
 main() {
   local steps=("$@")
-  [ "${#steps[@]}" -gt 0 ] || steps=(packages docker base chatbot venv)
+  [ "${#steps[@]}" -gt 0 ] || steps=(packages docker base chatbot venv wheelhouse redis)
   for s in "${steps[@]}"; do
     case "$s" in
-      packages|docker|base|chatbot|venv) "step_$s" ;;
-      *) die "unknown step '$s' (packages|docker|base|chatbot|venv)" ;;
+      packages|docker|base|chatbot|venv|wheelhouse|redis) "step_$s" ;;
+      *) die "unknown step '$s' (packages|docker|base|chatbot|venv|wheelhouse|redis)" ;;
     esac
   done
 }

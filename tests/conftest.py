@@ -91,7 +91,6 @@ def make_manager(request, redis_url, deployment, tmp_path):
     """Build PoolManagers for this test's deployment; on teardown, dump the logs of its
     servers if the test failed, then destroy every one of them."""
     managers = []
-    os.environ["GREENROOM_STATE_DIR"] = str(tmp_path / "process-runtime")
 
     def build(runtime="docker", settings: dict | None = None, **spec_fields) -> PoolManager:
         if runtime == "docker":
@@ -100,7 +99,7 @@ def make_manager(request, redis_url, deployment, tmp_path):
             settings = request.getfixturevalue("kube_cluster").settings() | (settings or {})
         spec = reference_pool(runtime=runtime, **{"env": {"BOOT_SECONDS": "1"}} | spec_fields)
         settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec},
-                                 **(settings or {}))
+                                 state_dir=tmp_path / "process-runtime", **(settings or {}))
         manager = PoolManager(settings)
         managers.append(manager)
         return manager

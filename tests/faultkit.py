@@ -12,10 +12,10 @@ import redis
 
 from bench.stack import start_program, stop_process_group
 from conftest import wait_until
-from pool_manager.state import STATES
+from pool_manager.keys import POOL_STATES, Keys
+from pool_manager.schemas import FINAL
 from stack import VENV_BIN, Stack
 
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 # ---------------------------------------------------------------- programs beside a Stack
@@ -70,12 +70,12 @@ def deployment(stack: Stack) -> str:
 def state_ids(stack: Stack, pool: str = "chatbot") -> dict[str, set[str]]:
     """Container ids by state, as the pool's Redis state has them."""
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    prefix = f"greenroom:{deployment(stack)}:pool:{pool}:"
+    keys = Keys(deployment(stack))
     try:
         with client.pipeline(transaction=True) as pipe:  # one snapshot: a move is never seen twice
-            for state in STATES:
-                pipe.zrange(prefix + state, 0, -1)
-            return {state: set(ids) for state, ids in zip(STATES, pipe.execute())}
+            for state in POOL_STATES:
+                pipe.zrange(keys.pool(pool, state), 0, -1)
+            return {state: set(ids) for state, ids in zip(POOL_STATES, pipe.execute())}
     finally:
         client.close()
 
@@ -126,7 +126,7 @@ class JobEvents:
     def __init__(self, stack: Stack):
         self.client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.prefix = f"greenroom:{deployment(stack)}:job-events:"
+        self.prefix = Keys(deployment(stack)).job_events("")
         self.pubsub.psubscribe(self.prefix + "*")
         self.seen: dict[str, list[str]] = defaultdict(list)
         self._stop = threading.Event()

@@ -16,7 +16,7 @@ from bench import stack as bench_stack
 from conftest import RUN_ID, wait_until
 
 VENV_BIN = Path(sys.executable).parent
-TOKENS = {"acme": "acme-token", "globex": "globex-token", "admin": "admin-token"}
+TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789", "admin": "admin-token-0123456789"}
 
 
 _databases = itertools.count(1)  # database 0 is the pool tests'

@@ -89,9 +89,3 @@ def test_report_has_a_section_per_scenario_and_its_plots_are_pngs(quick_run):
     for plot in plots:
         assert f"]({plot})" in report
         assert (out / "report" / plot).read_bytes()[:8] == PNG_SIGNATURE
-
-
-def test_the_cli_offers_the_harness_scenarios():
-    from pool_manager.cli.bench import SCENARIOS  # listed there so the CLI imports bench only to run it
-
-    assert SCENARIOS == NAMES

@@ -25,6 +25,7 @@ FAULT_VARS = (
     "REPLY_DELAY_SECONDS",
     "FAULT_CRASH_AT_BOOT",
     "INSTANCE_ID",
+    "API_KEY",
 )
 
 
@@ -122,6 +123,16 @@ def chatbot(start_chatbot):
 
 
 # --- health and boot -------------------------------------------------------------------
+
+
+def test_with_an_api_key_chat_needs_it_and_health_does_not(start_chatbot):
+    bot = start_chatbot(API_KEY="the-key-0123456789")
+    bot.wait_healthy()  # /healthz stays open: greenroom probes it without the key
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "the-key-0123456789"}):
+        refused = bot.post(CHAT, json=body, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    assert bot.post(CHAT, json=body, headers={"Authorization": "Bearer the-key-0123456789"}).status_code == 200
 
 
 def test_health_is_503_while_booting_then_200(start_chatbot):

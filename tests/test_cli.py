@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
 
 pytestmark = pytest.mark.timeout(120)
+TOKEN = "cli-token-0123456789"
 
 
 @pytest.fixture
@@ -84,27 +85,41 @@ def test_redis_down_is_a_clear_error(cli_env):
 
 
 def test_up_starts_redis_keeps_secrets_private_and_reuses_them(cli_env, tmp_path):
-    """`up` with its own Procfile (one short job): it starts Redis when nothing answers at
-    a loopback URL, makes the credentials once (0600), hands the children the token's
-    digest only, prints where secrets are but not the Flower password, and stops Redis."""
+    """`up` with its own Procfile: it starts Redis, with a password, when nothing answers at
+    a loopback URL; makes the credentials once (0600); hands each program only the secrets
+    it needs (the API the token's digest, Flower its password, no one else either); prints
+    where secrets are but not the Flower password; and stops Redis."""
     port = free_port()
     procfile = tmp_path / "Procfile"
+    show_env = ("import os, json; "
+                "print('{name}=' + json.dumps({{k: v for k, v in os.environ.items() if 'GREENROOM' in k}}))")
     procfile.write_text(
-        "status: greenroom pool status --json && "
-        "python3 -c 'import os; print(\"KEYS=\" + os.environ[\"GREENROOM_API_KEYS\"])'\n")
+        f"api: python3 -c \"{show_env.format(name='API')}; import time; time.sleep(5)\"\n"
+        f"flower: python3 -c \"{show_env.format(name='FLOWER')}; import time; time.sleep(5)\"\n"
+        "worker: greenroom pool status --json && "
+        f"python3 -c \"import time; time.sleep(1); {show_env.format(name='WORKER')}\"\n")
     env = cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     first = greenroom("up", "--procfile", str(procfile), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     secrets_file = tmp_path / ".greenroom" / "secrets.env"
     assert secrets_file.stat().st_mode & 0o777 == 0o600
     saved = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines() if not line.startswith("#"))
-    assert set(saved) == {"GREENROOM_TOKEN", "GREENROOM_FLOWER_PASSWORD"}
+    assert set(saved) == {"GREENROOM_TOKEN", "GREENROOM_FLOWER_PASSWORD", "GREENROOM_REDIS_PASSWORD"}
     assert '"chatbot"' in first.stdout and "curl -s http://127.0.0.1:8080/v1/chat/completions" in first.stdout
     assert str(secrets_file) in first.stdout
-    assert saved["GREENROOM_FLOWER_PASSWORD"] not in first.stdout + first.stderr
-    assert saved["GREENROOM_TOKEN"] not in first.stdout  # the API gets a sha256 digest
-    assert '{"admin": "sha256:' in first.stdout
-    assert (tmp_path / ".greenroom" / "redis" / "redis.conf").is_file()
+    for secret in saved.values():
+        assert secret not in first.stderr
+    assert saved["GREENROOM_FLOWER_PASSWORD"] not in first.stdout.split("FLOWER=")[0]
+    api, flower, worker = (_printed_env(first.stdout, name) for name in ("API", "FLOWER", "WORKER"))
+    redis_url = f"redis://:{saved['GREENROOM_REDIS_PASSWORD']}@127.0.0.1:{port}/0"
+    assert api["GREENROOM_API_KEYS"].startswith('{"admin": "sha256:')  # the digest, never the token
+    assert saved["GREENROOM_TOKEN"] not in first.stdout
+    assert flower["GREENROOM_FLOWER_PASSWORD"] == saved["GREENROOM_FLOWER_PASSWORD"]
+    assert "GREENROOM_FLOWER_PASSWORD" not in api and "GREENROOM_API_KEYS" not in flower
+    assert not {"GREENROOM_API_KEYS", "GREENROOM_FLOWER_PASSWORD", "GREENROOM_TOKEN"} & set(worker)
+    assert api["GREENROOM_REDIS_URL"] == flower["GREENROOM_REDIS_URL"] == worker["GREENROOM_REDIS_URL"] == redis_url
+    config = tmp_path / ".greenroom" / "redis" / "redis.conf"
+    assert config.stat().st_mode & 0o777 == 0o600 and "maxmemory-policy noeviction" in config.read_text()
     assert not _answers(port)  # Redis was stopped with the stack
 
     second = greenroom("up", "--procfile", str(procfile), env=env, cwd=tmp_path)
@@ -112,11 +127,20 @@ def test_up_starts_redis_keeps_secrets_private_and_reuses_them(cli_env, tmp_path
     assert secrets_file.read_text().count(saved["GREENROOM_TOKEN"]) == 1  # reused, not remade
 
 
-def _answers(port: int) -> bool:
+def test_up_refuses_a_redis_that_answers_without_a_password(cli_env, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                              stdout=subprocess.DEVNULL, start_new_session=True)
     try:
-        return redis.Redis(port=port, socket_connect_timeout=1).ping()
-    except redis.ConnectionError:
-        return False
+        wait_until(lambda: _answers(port), 10, message="redis-server")
+        env = cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        done = greenroom("up", "--procfile", str(REPO / "Procfile"), env=env, cwd=tmp_path)
+        assert done.returncode != 0 and "answers without a password" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+
 
 
 def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path):
@@ -144,8 +168,8 @@ def api_stack(request, cli_env, make_manager, tmp_path):
     destroys the model servers the workers started (same deployment and state folder)."""
     make_manager("process")
     port = free_port()
-    env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": '{"admin": "tok"}',
-                     "GREENROOM_STATE_DIR": os.environ["GREENROOM_STATE_DIR"]}
+    env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": json.dumps({"admin": TOKEN}),
+                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime")}  # make_manager's
     env["GREENROOM_CONFIG"] = str(tmp_path / "warm.toml")
     Path(env["GREENROOM_CONFIG"]).write_text(
         "[pools.chatbot]\n"
@@ -175,12 +199,12 @@ def _healthy(url: str) -> bool:
 
 def test_chat_one_message_then_a_conversation(api_stack):
     env, url = api_stack["env"], api_stack["url"]
-    one = greenroom("chat", "--api-url", url, "--token", "tok", "Hello! My name is Ada.", env=env)
+    one = greenroom("chat", "--api-url", url, "--token", TOKEN, "Hello! My name is Ada.", env=env)
     assert one.returncode == 0, one.stderr
     assert "Ada" in one.stdout and "--session" in one.stderr
 
     talk = subprocess.run([GREENROOM, "chat"], input="My name is Bob.\nWhat is my name?\n/quit\n",
-                          env=env | {"GREENROOM_API_URL": url, "GREENROOM_TOKEN": "tok"},
+                          env=env | {"GREENROOM_API_URL": url, "GREENROOM_TOKEN": TOKEN},
                           capture_output=True, text=True, timeout=60)
     assert talk.returncode == 0, talk.stderr
     assert "Your name is Bob" in talk.stdout  # one session: the same container remembers
@@ -220,3 +244,20 @@ def test_the_compose_pool_spec_is_valid(cli_env):
     env = cli_env | {"GREENROOM_CONFIG": str(REPO / "deploy" / "greenroom.toml")}
     [row] = json.loads(greenroom("pool", "status", "--json", env=env).stdout)
     assert (row["name"], row["runtime"]) == ("chatbot", "docker")
+
+
+def _printed_env(output: str, name: str) -> dict:
+    line = next(line for line in output.splitlines() if f"{name}={{" in line)
+    return json.loads(line.split(f"{name}=", 1)[1])
+
+
+def _answers(port: int) -> bool:
+    """Something listens there (a Redis with a password answers too: it refuses us)."""
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=1).ping()
+    except redis.AuthenticationError:
+        return True
+    except redis.ResponseError as exc:
+        return "NOAUTH" in str(exc)
+    except redis.ConnectionError:
+        return False

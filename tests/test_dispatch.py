@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from conftest import wait_until
-from stack import Stack, chat, wait_for_pool
+from stack import TOKENS, Stack, chat, wait_for_pool
 from pool_manager.settings import load_settings
 from workers.config import make_celery
 
@@ -102,7 +102,7 @@ def test_send_task_gets_a_reply_and_its_job_becomes_visible(stack, acme):
 
 
 def test_openai_client_against_chat_completions(stack, acme):
-    client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key="acme-token", max_retries=0)
+    client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=TOKENS["acme"], max_retries=0)
     first = client.chat.completions.create(model="chatbot", messages=[{"role": "user", "content": "my name is Lin"}])
     assert first.choices[0].message.content.startswith("Turn 1")
     session = first.model_extra["greenroom"]["session_id"]

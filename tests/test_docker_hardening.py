@@ -21,6 +21,8 @@ def test_containers_run_hardened_and_limited(make_manager, docker_engine):
     assert host["Memory"] == 256 * 2**20 and host["MemorySwap"] == 256 * 2**20
     assert host["NanoCpus"] == 500_000_000
     assert host["PidsLimit"] == 64
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     assert host["NetworkMode"] == "host"
     assert attrs["Config"]["Labels"]["greenroom.owner"] == manager.settings.deployment
     assert attrs["Config"]["Labels"]["greenroom.pool"] == "chatbot"

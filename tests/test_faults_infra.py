@@ -2,16 +2,13 @@
 two beats and two maintenance workers reconciling at once. Each test prints what it saw."""
 
 import random
-import shutil
-import subprocess
 import threading
 import time
 
 import httpx
 import pytest
-import redis
 
-from conftest import free_port, wait_until
+from conftest import RedisServer, free_port, wait_until
 from faultkit import (Programs, Stopwatch, docker_names, poll_until_final, read_job, report, state_ids, submit,
                       wait_docker_matches_state, wait_pool)
 from stack import Stack, chat
@@ -19,42 +16,9 @@ from stack import Stack, chat
 pytestmark = pytest.mark.timeout(180)
 
 
-class RedisServer:
-    """A redis-server of one test's own, persisting as docker-compose's does (an
-    append-only file, fsynced on every write), restartable on the same port."""
-
-    def __init__(self, folder, port: int):
-        self.folder, self.port = folder, port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)],
-            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), 15, message="redis-server")
-        client.close()
-
-    def stop(self) -> None:
-        """SIGTERM: redis-server flushes its append-only file and exits."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(15)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.fixture
 def durable_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", free_port())
+    server = RedisServer(tmp_path / "redis", durable=True)
     server.start()
     yield server
     server.stop()

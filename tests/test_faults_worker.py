@@ -12,6 +12,7 @@ import redis
 from conftest import wait_until
 from faultkit import (JobEvents, Stopwatch, poll_until_final, report, state_ids, submit, wait_docker_matches_state,
                       wait_pool, wait_status)
+from pool_manager.keys import Keys
 from pool_manager.settings import load_settings
 from stack import Stack
 from workers.config import make_celery
@@ -55,7 +56,7 @@ def _deliveries(stack: Stack, job_id: str) -> dict:
     """The job's record as stored: how many deliveries took it, how often it was requeued."""
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     try:
-        return client.hgetall(f"greenroom:{stack.deployment}:job:{job_id}")
+        return client.hgetall(Keys(stack.deployment).job(job_id))
     finally:
         client.close()
 

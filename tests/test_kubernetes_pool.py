@@ -11,6 +11,7 @@ import pytest
 from conftest import free_port, wait_until
 from pool_manager.errors import RuntimeUnavailable, SessionClosed
 from pool_manager.manager import PoolManager
+from pool_manager.overview import PoolOverview
 from pool_manager.settings import reference_pool
 
 pytestmark = pytest.mark.timeout(90)
@@ -24,6 +25,10 @@ def cluster(kube_cluster):
 
 def kube_manager(make_manager, **spec):
     return make_manager("kubernetes", **({"port": free_port()} | spec))
+
+
+def pool_status(manager):
+    return PoolOverview(manager.settings, manager.redis).status(POOL)
 
 
 def fill(manager, idle: int, timeout: float = 30) -> None:
@@ -72,7 +77,7 @@ def test_restarted_manager_keeps_known_pods_adopts_unknown_ones_and_reaps_the_un
     stray = f"gr-{POOL}-stray{free_port()}"  # labelled as ours, unknown to Redis, never ready
     spec = manager.settings.pools[POOL]
     manager.pool_runtime(POOL).create(stray, POOL, spec.model_copy(update={"env": {"FAULT_NEVER_HEALTHY": "1"}}),
-                                      free_port())
+                                      free_port(), "stray-key-0123456789")
     impatient = spec.model_copy(update={"boot_timeout_s": 2})  # only now: a loaded machine boots slowly
     time.sleep(3)  # past boot_timeout_s: no longer "still booting"
     manager.state.redis.flushall()  # Redis lost its state
@@ -126,7 +131,7 @@ def test_a_pod_that_never_turns_ready_is_deleted_after_boot_timeout(make_manager
                            env={"FAULT_NEVER_HEALTHY": "1"})
     first = manager.reconcile(POOL).started_ids[0]
     assert states(cluster, manager) == {first: "warming"}
-    wait_until(lambda: manager.status(POOL).failed >= 1, 15, message="boot failure")
+    wait_until(lambda: pool_status(manager).failed >= 1, 15, message="boot failure")
     wait_until(lambda: first not in pods(cluster, manager), 10, message="the pod deleted")
     assert manager.state.get(first) is None
 
@@ -139,5 +144,5 @@ def test_an_unreachable_api_server_reads_as_runtime_unavailable(make_manager, tm
     manager = make_manager("kubernetes", settings={"kubeconfig": str(config)}, image=reference_pool().image)
     with pytest.raises(RuntimeUnavailable, match="unreachable"):
         manager.reconcile(POOL)
-    status = manager.status(POOL)
+    status = pool_status(manager)
     assert status.degraded and "unreachable" in status.runtime_error

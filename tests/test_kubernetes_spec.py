@@ -5,8 +5,8 @@ what greenroom reads back from a pod."""
 import kubernetes_validate
 import pytest
 
-from pool_manager.runtimes.kube_spec import (cpu_quantity, memory_quantity, pod_labels, pod_manifest, pod_view,
-                                             user_ids)
+from pool_manager.runtimes.kube_spec import (container_env, cpu_quantity, memory_quantity, pod_labels,
+                                             pod_manifest, pod_view, user_ids)
 from pool_manager.runtimes.kubernetes import KubernetesRuntime
 from pool_manager.settings import reference_pool
 
@@ -18,7 +18,7 @@ def manifest(**spec_fields) -> dict:
     spec = reference_pool(runtime="kubernetes", **spec_fields)
     labels = pod_labels(runtime.labels("chatbot", 20001), "chatbot", "warming")
     name = "gr-chatbot-0123456789ab"
-    return pod_manifest(name, labels, spec, runtime.server_env(name, spec, 20001))
+    return pod_manifest(name, labels, spec, runtime.server_env(name, spec, 20001, "the-key"))
 
 
 def test_the_pod_is_valid_for_the_kubernetes_schema():
@@ -51,8 +51,8 @@ def test_labels_readiness_probe_and_environment():
     container = pod["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
-    assert {e["name"]: e["value"] for e in container["env"]} == {
-        "BOOT_SECONDS": "3", "HOST": "0.0.0.0", "PORT": "9000", "INSTANCE_ID": "gr-chatbot-0123456789ab"}
+    assert container_env(pod) == {"BOOT_SECONDS": "3", "HOST": "0.0.0.0", "PORT": "9000",
+                                  "INSTANCE_ID": "gr-chatbot-0123456789ab", "API_KEY": "the-key"}
 
 
 @pytest.mark.parametrize("docker, kube", [("1g", "1Gi"), ("256m", "256Mi"), ("512k", "512Ki"), ("1000", "1000"),

@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import wait_until
-from pool_manager.errors import NoIdleContainer, SessionClosed, SessionModelMismatch
+from pool_manager.errors import SessionClosed, SessionModelMismatch
+from pool_manager.httpclient import http_client
 from pool_manager.manager import PoolManager
+from pool_manager.overview import PoolOverview
 
 pytestmark = pytest.mark.timeout(120)
 POOL = "chatbot"
@@ -17,6 +19,10 @@ POOL = "chatbot"
 def fill(manager, idle: int, timeout: float = 30) -> None:
     manager.reconcile(POOL)
     wait_until(lambda: manager.state.counts(POOL)["idle"] >= idle, timeout, message=f"{idle} idle")
+
+
+def pool_status(manager):
+    return PoolOverview(manager.settings, manager.redis).status(POOL)
 
 
 def labelled(docker_engine, manager) -> list[str]:
@@ -31,10 +37,8 @@ def test_thirty_claimers_ten_idle_containers(make_manager):
 
     def claimer(n):
         barrier.wait()
-        try:
-            return manager.claim(POOL, f"session-{n}").container.id
-        except NoIdleContainer:
-            return None
+        claim = manager.claim(POOL, f"session-{n}")
+        return claim.container.id if claim else None
 
     with ThreadPoolExecutor(30) as pool:
         results = list(pool.map(claimer, range(30)))
@@ -94,7 +98,7 @@ def test_max_total_holds_under_concurrent_reconciles(make_manager, docker_engine
 def test_never_healthy_container_is_destroyed_after_boot_timeout(make_manager, docker_engine):
     manager = make_manager(target_idle=1, max_total=1, boot_timeout_s=2, env={"FAULT_NEVER_HEALTHY": "1"})
     first = manager.reconcile(POOL).started_ids[0]
-    wait_until(lambda: manager.status(POOL).failed >= 1, 15, message="boot failure")
+    wait_until(lambda: pool_status(manager).failed >= 1, 15, message="boot failure")
     assert first not in labelled(docker_engine, manager)
     assert manager.state.get(first) is None
 
@@ -118,12 +122,14 @@ def test_restarted_manager_adopts_healthy_containers(make_manager, docker_engine
     manager = make_manager(target_idle=3)
     fill(manager, 3)
     before = labelled(docker_engine, manager)
+    keys = {c.id: c.key for c in manager.state.containers(POOL).values()}
     manager.state.redis.flushall()  # Redis lost its state (a flush, or a manager without it)
     restarted = PoolManager(manager.settings)
     report = restarted.reconcile(POOL)
     assert (report.adopted, report.started, report.destroyed) == (3, 0, 0)
     assert restarted.state.counts(POOL)["idle"] == 3
     assert labelled(docker_engine, manager) == before
+    assert {c.id: c.key for c in restarted.state.containers(POOL).values()} == keys  # read back from Docker
 
 
 def test_flush_while_booting_neither_leaks_nor_duplicates(make_manager, docker_engine):
@@ -168,7 +174,7 @@ def test_idle_session_is_reaped_after_its_ttl(make_manager, docker_engine):
 
 def test_scale_at_run_time(make_manager):
     manager = make_manager(target_idle=1)
-    spec = manager.scale(POOL, target_idle=3)
+    spec = manager.specs.scale(POOL, target_idle=3)
     assert spec.target_idle == 3 and manager.reconcile(POOL).started == 3
 
 
@@ -176,12 +182,13 @@ def test_lowering_target_idle_retires_the_surplus_idle_containers(make_manager, 
     manager = make_manager(target_idle=4)
     fill(manager, 4)
     claim = manager.claim(POOL, "s-keep")
-    manager.scale(POOL, target_idle=1)
+    newest_two = set(manager.state.newest_idle(POOL, 2))  # the most recently idle go first
+    longest_idle = set(manager.state.containers(POOL)) - newest_two - {claim.container.id}
+    manager.specs.scale(POOL, target_idle=1)
     report = manager.reconcile(POOL)
     assert (report.retired, report.started) == (2, 0)
     assert manager.state.counts(POOL) == {"warming": 0, "idle": 1, "assigned": 1}
-    kept = set(manager.state.newest_idle(POOL, 1)) | {claim.container.id}
-    assert set(labelled(docker_engine, manager)) == kept  # removed from Docker too
+    assert set(labelled(docker_engine, manager)) == longest_idle | {claim.container.id}  # gone from Docker too
     assert (manager.reconcile(POOL).retired, manager.reconcile(POOL).started) == (0, 0)  # idempotent
 
 
@@ -190,7 +197,11 @@ def test_process_runtime_serves_a_pool(make_manager):
     fill(manager, 2)
     claim = manager.claim(POOL, "s-proc")
     assert claim.container.endpoint.startswith("http://127.0.0.1:")
-    assert manager.status(POOL).runtime == "process"
+    assert pool_status(manager).runtime == "process"
+    reply = http_client().post(f"{claim.container.endpoint}/v1/chat/completions",
+                               json={"messages": [{"role": "user", "content": "my name is Ada"}]},
+                               headers={"Authorization": f"Bearer {claim.container.key}"}).json()
+    assert reply["choices"][0]["message"]["content"] == "Turn 1: nice to meet you, Ada."
 
 
 def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, docker_engine):
@@ -201,7 +212,7 @@ def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, do
         started += manager.reconcile(POOL).started
         passes += 1
         time.sleep(0.2)
-    status = manager.status(POOL)
+    status = pool_status(manager)
     assert status.degraded and status.failed >= 4
     assert passes >= 20 and started <= 14  # without backoff: 2 a pass
     manager.reconcile(POOL)

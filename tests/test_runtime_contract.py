@@ -36,10 +36,13 @@ def runtime(build, deployment):
     made.close()
 
 
+KEY = "contract-key-0123456789"
+
+
 def create(runtime, name="one", **env):
     spec = reference_pool(env={"BOOT_SECONDS": "1"} | env, port=free_port())
     port = free_port()
-    instance = runtime.create(f"gr-contract-{name}-{RUN_ID}", "chatbot", spec, port)
+    instance = runtime.create(f"gr-contract-{name}-{RUN_ID}", "chatbot", spec, port, KEY)
     return instance, spec, port
 
 
@@ -49,10 +52,13 @@ def test_create_boot_serve_destroy(runtime):
     assert runtime.ready_endpoint(instance.id, spec, port) is None  # still booting
     endpoint = wait_until(lambda: runtime.ready_endpoint(instance.id, spec, port), 15, message="ready")
     assert runtime.endpoint(instance.id, spec, port) == endpoint
-    reply = httpx.post(f"{endpoint}/v1/chat/completions",
-                       json={"messages": [{"role": "user", "content": "hello"}]}, timeout=5).json()
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    assert httpx.post(f"{endpoint}/v1/chat/completions", json=body, timeout=5).status_code == 401  # no key
+    reply = httpx.post(f"{endpoint}/v1/chat/completions", json=body, timeout=5,
+                       headers={"Authorization": f"Bearer {KEY}"}).json()
     assert reply["object"] == "chat.completion"
     assert reply["greenroom_container"]["instance"] == instance.id
+    assert runtime.key_of(instance.id, reference_pool()) == KEY  # read back, for adoption
 
     runtime.destroy(instance.id)
     runtime.destroy(instance.id)  # idempotent

@@ -4,12 +4,14 @@ import os
 import pickle
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import wait_until
 from pool_manager.jobs import JobStore
 from pool_manager.settings import load_settings
+from pool_manager.state import PoolState, connect_redis
 from stack import TOKENS, Stack, chat, wait_for_pool
 from workers.config import make_celery
 
@@ -56,14 +58,47 @@ def test_a_pickled_message_is_rejected_not_executed(stack, tmp_path):
     assert client.backend.client.llen("greenroom.chat") == 0  # and the message is not left to loop
 
 
-def test_no_token_appears_in_any_log(stack):
+def test_no_secret_appears_in_any_log_or_command_line(stack):
+    """API tokens, the Redis password and the containers' keys: in no log line of any
+    program, whole (not only the tail), and in no process's argv on this machine."""
     with stack.client("acme") as client:
         wait_for_pool(client, idle=1)
         assert chat(client, "hello")["status"] == "succeeded"
         client.get("/v1/jobs/nope")
-    logs = stack.logs()
-    for token in TOKENS.values():
-        assert token not in logs
+    keys = [container.key for container in _containers(stack)]
+    secrets = [*TOKENS.values(), urlsplit(stack.redis_url).password, *keys]
+    assert all(secrets) and keys
+    logs = stack.logs(tail=None)
+    command_lines = _command_lines()
+    for secret in secrets:
+        assert secret not in logs
+        assert not [argv for argv in command_lines if secret in argv]
+
+
+def test_a_model_container_can_reach_neither_redis_nor_its_siblings(stack, docker_engine):
+    """From inside a pool container (uid 10001, host network): Redis wants a password,
+    and a sibling model server wants its own key."""
+    with stack.client("acme") as client:
+        wait_for_pool(client, idle=1)
+        job = chat(client, "my name is Ada")  # a sibling whose memory holds a conversation
+        assert job["status"] == "succeeded"
+        wait_for_pool(client, idle=1)
+    containers = {c.id: c for c in _containers(stack)}
+    sibling = containers[job["result"]["greenroom"]["container"]]
+    inside = next(c for c in containers.values() if c.state == "idle")
+    redis_port = urlsplit(stack.redis_url).port
+    probe = ("import socket; s = socket.create_connection(('127.0.0.1', %d)); "
+             "s.sendall(b'PING\\r\\n'); print(s.recv(64).decode())" % redis_port)
+    answer = docker_engine.containers.get(inside.id).exec_run(["python3", "-c", probe]).output.decode()
+    assert answer.startswith("-NOAUTH"), answer
+    request = ("import urllib.request, urllib.error\n"
+               f"r = urllib.request.Request('{sibling.endpoint}/v1/chat/completions', method='POST',\n"
+               "    data=b'{\"messages\": [{\"role\": \"user\", \"content\": \"what is my name?\"}]}',\n"
+               "    headers={'Content-Type': 'application/json'})\n"
+               "try:\n    print(urllib.request.urlopen(r).status)\n"
+               "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    status = docker_engine.containers.get(inside.id).exec_run(["python3", "-c", request]).output.decode().strip()
+    assert status == "401", status
 
 
 def test_model_servers_listen_on_loopback_only(stack, docker_engine):
@@ -75,6 +110,21 @@ def test_model_servers_listen_on_loopback_only(stack, docker_engine):
     listening = _listening_sockets()
     for port in ports:
         assert listening.get(port) == {"127.0.0.1"}, listening.get(port)
+
+
+def _containers(stack) -> list:
+    state = PoolState(connect_redis(stack.redis_url), stack.env["GREENROOM_DEPLOYMENT"])
+    return list(state.containers("chatbot").values())
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # ended meanwhile
+    return lines
 
 
 def _listening_sockets() -> dict[int, set[str]]:

@@ -7,15 +7,23 @@ from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready
 from celery.utils.log import get_task_logger
 
-from pool_manager.chat import ChatRelay
 from pool_manager.errors import GreenroomError
 from pool_manager.jobs import JobStore
 from pool_manager.manager import PoolManager
+from pool_manager.relay import ChatRelay
 from pool_manager.settings import get_settings
 
 from .app import app
-from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK,
-                    RECONCILE_TASK, REQUEUE_TASK)
+from .names import (
+    CHAT_QUEUE,
+    CHAT_TASK,
+    CLOSE_SESSION_TASK,
+    PING_TASK,
+    POOL_QUEUE,
+    RECONCILE_ALL_TASK,
+    RECONCILE_TASK,
+    REQUEUE_TASK,
+)
 
 log = get_task_logger(__name__)
 settings = get_settings()

@@ -50,14 +50,15 @@ def run(ctx: Context) -> dict:
     return result
 
 
-def open_sessions(stack, count: int) -> list[tuple[str, str]]:
-    """count sessions, each (session id, its container's endpoint)."""
+def open_sessions(stack, count: int) -> list[tuple[str, str, str]]:
+    """count sessions, each (session id, its container's endpoint, its container's key)."""
     records = Records(stack)
     sessions = []
     with stack.client() as client:
         for _ in range(count):
             meta = new_session(client)["greenroom"]
-            sessions.append((meta["session_id"], records.container(meta["container"])["endpoint"]))
+            record = records.container(meta["container"])
+            sessions.append((meta["session_id"], record["endpoint"], record["key"]))
     records.close()
     return sessions
 
@@ -81,12 +82,12 @@ def measure(ctx, stack, spec, sessions, rounds: int, warmup: int, pace_s: float)
 
 
 def client_loop(stack, spec, session, rounds, pace_s, start, bar, out, seed) -> None:
-    session_id, endpoint = session
+    session_id, endpoint, key = session
     rng = random.Random(seed)
     app = celery_app(stack, spec)
     with stack.client(timeout=30) as api, stack.client(timeout=30) as direct:
         send = {
-            "direct": lambda: direct_chat(direct, endpoint),
+            "direct": lambda: direct_chat(direct, endpoint, key),
             "jobs": lambda: job_in_session(api, session_id),
             "chat": lambda: chat_in_session(api, session_id),
             "ping": lambda: app.send_task(PING_TASK, queue=CHAT_QUEUE).get(timeout=30),

@@ -63,7 +63,7 @@ def warm(api: httpx.Client) -> dict:
 def cold(docker: DockerRuntime, direct: httpx.Client, spec: PoolSpec, owner: str) -> dict:
     """Start a container, wait for health, chat; phases timed; the container removed."""
     name, port = f"{owner}-cold-{secrets.token_hex(4)}", free_port()
-    options = container_options(docker, name, "cold", spec, port)
+    options = container_options(docker, name, "cold", spec, port, key := secrets.token_urlsafe(24))
     options["labels"] = {OWNER_LABEL: owner, "greenroom.bench": "cold-baseline"}  # not greenroom.managed
     endpoint = f"http://127.0.0.1:{port}"
     began = time.perf_counter()
@@ -72,7 +72,7 @@ def cold(docker: DockerRuntime, direct: httpx.Client, spec: PoolSpec, owner: str
         started = time.perf_counter()
         wait_healthy(direct, endpoint, spec.boot_timeout_s)
         healthy = time.perf_counter()
-        direct_chat(direct, endpoint)
+        direct_chat(direct, endpoint, key)
         done = time.perf_counter()
     finally:
         docker.destroy(name)

@@ -2,7 +2,8 @@
 
 A deterministic chatbot behind an OpenAI-style API. It simulates a slow model load
 (BOOT_SECONDS), keeps one conversation's memory inside the process (which is why
-sessions are sticky), and has fault switches for tests:
+sessions are sticky), and has fault switches for tests. With API_KEY set, chat requests
+must carry it as a bearer token (401 otherwise); /healthz stays open.
 
   FAULT_NEVER_HEALTHY=1        never finish booting
   FAULT_EXIT_AFTER_REPLIES=N   exit(1) right after sending the Nth reply
@@ -11,6 +12,7 @@ sessions are sticky), and has fault switches for tests:
   FAULT_CRASH_AT_BOOT=1        exit(3) at once
 """
 
+import hmac
 import json
 import os
 import re
@@ -45,6 +47,7 @@ class Config:
     exit_after_replies: int  # 0 = never
     hang_replies: bool
     reply_delay: float
+    api_key: str  # "" = no key required
 
 
 def _flag(name: str) -> bool:
@@ -62,6 +65,7 @@ def load_config() -> Config:
         exit_after_replies=int(env("FAULT_EXIT_AFTER_REPLIES") or 0),
         hang_replies=_flag("FAULT_HANG_REPLIES"),
         reply_delay=max(0.0, float(env("REPLY_DELAY_SECONDS") or 0)),
+        api_key=env("API_KEY", ""),
     )
 
 
@@ -212,6 +216,7 @@ class ChatbotHandler(BaseHTTPRequestHandler):
 
     def handle_chat(self):
         raw = self.read_body()
+        self.authorize()
         if not self.server.booted():
             raise RequestError(503, "booting", "the model is still loading")
         model, messages = validate_chat_request(parse_json(raw))
@@ -224,6 +229,12 @@ class ChatbotHandler(BaseHTTPRequestHandler):
         self.send_json(200, completion(model, messages, reply, turn, config.instance), last)
         if last:
             os._exit(1)  # FAULT_EXIT_AFTER_REPLIES: the reply is already flushed
+
+    def authorize(self):
+        key = self.server.config.api_key
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if key and not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())):
+            raise RequestError(401, "unauthorized", "a valid bearer token is required")
 
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

@@ -33,8 +33,9 @@ class Runtime(ABC):
         return {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
 
     @abstractmethod
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
-        """Start a server; return once it exists (not once it is healthy)."""
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
+        """Start a server that requires `key` as its bearer token; return once it exists
+        (not once it is healthy)."""
 
     @abstractmethod
     def inspect(self, instance_id: str) -> Instance | None:
@@ -47,6 +48,11 @@ class Runtime(ABC):
     @abstractmethod
     def list_managed(self) -> list[Instance]:
         """Every instance this owner has, running or not."""
+
+    @abstractmethod
+    def key_of(self, instance_id: str, spec: PoolSpec) -> str | None:
+        """The bearer key the instance was started with, read back from the runtime (to
+        adopt it after the state lost its record), or None when it cannot be told."""
 
     def endpoint(self, instance_id: str, spec: PoolSpec, port: int) -> str:
         """The base URL at which the instance serves ("" while the runtime cannot tell yet,
@@ -64,9 +70,10 @@ class Runtime(ABC):
         """Show the instance's pool state (warming, idle, assigned) where operators look:
         pod labels on Kubernetes. Nothing here; an instance already gone is no error."""
 
-    def server_env(self, instance_id: str, spec: PoolSpec, port: int) -> dict[str, str]:
-        """What the server is told: the spec's env plus where to listen and who it is."""
-        return spec.env | {"HOST": "127.0.0.1", "PORT": str(port), "INSTANCE_ID": instance_id}
+    def server_env(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
+        """What the server is told: the spec's env plus where to listen, who it is and its key."""
+        return spec.env | {"HOST": "127.0.0.1", "PORT": str(port), "INSTANCE_ID": instance_id,
+                           spec.container_key_env: key}
 
     def close(self) -> None:
         """Release client resources (not the instances)."""

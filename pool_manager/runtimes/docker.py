@@ -7,6 +7,7 @@ from datetime import datetime
 
 import docker
 import docker.errors
+from docker.types import LogConfig, Ulimit
 import requests.exceptions
 
 from ..errors import RuntimeFailure, RuntimeUnavailable
@@ -14,9 +15,9 @@ from ..settings import PoolSpec
 from .base import MANAGED, OWNER, POOL, PORT, Instance, Runtime
 
 
-def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolSpec, port: int) -> dict:
+def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> dict:
     """The keyword arguments of containers.create: a pure function, testable without an engine."""
-    env = runtime.server_env(instance_id, spec, port)
+    env = runtime.server_env(instance_id, spec, port, key)
     options = dict(
         image=spec.image,
         name=instance_id,
@@ -27,6 +28,8 @@ def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolS
         memswap_limit=spec.mem_limit,  # no swap beyond the memory limit
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids_limit,
+        ulimits=[Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile)],
+        log_config=LogConfig(type="json-file", config={"max-size": spec.log_max_size, "max-file": "3"}),
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         read_only=True,
@@ -63,8 +66,8 @@ class DockerRuntime(Runtime):
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return False
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
-        options = container_options(self, instance_id, pool, spec, port)
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
+        options = container_options(self, instance_id, pool, spec, port, key)
         with _translated(f"create {instance_id}"):
             container = self.client.containers.create(**options)
             try:
@@ -103,6 +106,15 @@ class DockerRuntime(Runtime):
                      float(row["Created"]), running=row["State"] == "running")
             for row in rows
         ]
+
+    def key_of(self, instance_id: str, spec: PoolSpec) -> str | None:
+        with _translated(f"inspect {instance_id}"):
+            try:
+                env = self.client.api.inspect_container(instance_id)["Config"]["Env"] or []
+            except docker.errors.NotFound:
+                return None
+        prefix = f"{spec.container_key_env}="
+        return next((item.removeprefix(prefix) for item in env if item.startswith(prefix)), None)
 
     def endpoint(self, instance_id: str, spec: PoolSpec, port: int) -> str:
         if spec.network == "host":

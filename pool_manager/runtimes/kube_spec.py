@@ -92,6 +92,13 @@ def _empty_dir(options: str) -> dict:
     return {"medium": "Memory"} | ({"sizeLimit": memory_quantity(size.group(1))} if size else {})
 
 
+def container_env(pod: dict) -> dict[str, str]:
+    """The plain values of the server container's environment."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    server = next((c for c in containers if c.get("name") == CONTAINER), {})
+    return {item["name"]: item["value"] for item in server.get("env") or [] if "value" in item}
+
+
 @dataclass(frozen=True)
 class PodView:
     """What greenroom reads from a pod."""

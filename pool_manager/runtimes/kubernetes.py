@@ -18,7 +18,7 @@ from lightkube.types import PatchType
 from ..errors import RuntimeFailure, RuntimeUnavailable
 from ..settings import PoolSpec
 from .base import MANAGED, OWNER, POOL, PORT, Instance, Runtime
-from .kube_spec import GRACE_S, STATE, PodView, pod_labels, pod_manifest, pod_view
+from .kube_spec import GRACE_S, STATE, PodView, container_env, pod_labels, pod_manifest, pod_view
 from .kube_watch import PodWatch
 
 UNAVAILABLE = {429, 502, 503, 504}  # the API server is overloaded or away: not our request's fault
@@ -50,9 +50,9 @@ class KubernetesRuntime(Runtime):
                 self._client = self._connect()
             return self._client
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
         labels = pod_labels(self.labels(pool, port), pool, "warming")
-        manifest = pod_manifest(instance_id, labels, spec, self.server_env(instance_id, spec, port))
+        manifest = pod_manifest(instance_id, labels, spec, self.server_env(instance_id, spec, port, key))
         self.watch.start()  # readiness will come from it
         with _translated(f"create pod {instance_id}"):
             pod = self.client.create(Pod.from_dict(manifest), namespace=self.namespace)
@@ -72,6 +72,12 @@ class KubernetesRuntime(Runtime):
             self.client.delete(Pod, instance_id, namespace=self.namespace, grace_period=GRACE_S)
         self.watch.start()
         self.watch.wait(lambda: self.watch.gone(instance_id), REMOVAL_WAIT_S)
+
+    def key_of(self, instance_id: str, spec: PoolSpec) -> str | None:
+        """The key from the pod's environment (readable by whoever may get pods there)."""
+        with _absent_is_none(), _translated(f"read pod {instance_id}"):
+            pod = self.client.get(Pod, instance_id, namespace=self.namespace).to_dict()
+            return container_env(pod).get(spec.container_key_env)
 
     def list_managed(self) -> list[Instance]:
         with _translated("list pods"):
@@ -102,9 +108,9 @@ class KubernetesRuntime(Runtime):
         with _absent_is_none(), _translated(f"label pod {instance_id}"):
             self.client.patch(Pod, instance_id, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
 
-    def server_env(self, instance_id: str, spec: PoolSpec, port: int) -> dict[str, str]:
+    def server_env(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
         """A pod has an address of its own: the server listens on it at the spec's port."""
-        return spec.env | {"HOST": "0.0.0.0", "PORT": str(spec.port), "INSTANCE_ID": instance_id}
+        return super().server_env(instance_id, spec, port, key) | {"HOST": "0.0.0.0", "PORT": str(spec.port)}
 
     def logs(self, instance_id: str, tail: int = 50) -> str:
         try:

@@ -9,12 +9,12 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import RuntimeFailure
 from ..settings import PoolSpec
+from ..statedir import private_state_dir
 from .base import Instance, Runtime
 
 
@@ -29,18 +29,17 @@ def _start_time(pid: int) -> str | None:
 
 
 class ProcessRuntime(Runtime):
-    def __init__(self, owner: str, state_dir: str | None = None):
+    def __init__(self, owner: str, state_dir: Path | str | None = None):
         super().__init__(owner)
-        root = state_dir or os.environ.get("GREENROOM_STATE_DIR") or Path(tempfile.gettempdir()) / "greenroom"
-        self.folder = Path(root) / owner
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = private_state_dir(Path(state_dir) if state_dir else None) / owner
+        self.folder.mkdir(mode=0o700, exist_ok=True)
         self._children: dict[str, subprocess.Popen] = {}  # started here, reaped here
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int) -> Instance:
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
         log = open(self.folder / f"{instance_id}.log", "wb")
         try:
             child = subprocess.Popen(
-                spec.command, env=os.environ | self.server_env(instance_id, spec, port),
+                spec.command, env=self._environment(instance_id, spec, port, key),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives a crashed manager, like a container
             )
@@ -50,9 +49,20 @@ class ProcessRuntime(Runtime):
             log.close()
         self._children[instance_id] = child
         record = {"pid": child.pid, "pool": pool, "port": port, "created_at": time.time(),
-                  "start_time": _start_time(child.pid)}
+                  "start_time": _start_time(child.pid), "key": key}  # the folder is private (statedir.py)
         self._record(instance_id).write_text(json.dumps(record))
         return self._instance(instance_id, record)
+
+    def _environment(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
+        """The spec's env, where to listen and its key; nothing of greenroom's own (its secrets)."""
+        base = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+        return base | self.server_env(instance_id, spec, port, key)
+
+    def key_of(self, instance_id: str, spec: PoolSpec) -> str | None:
+        try:
+            return json.loads(self._record(instance_id).read_text()).get("key")
+        except (OSError, ValueError):
+            return None
 
     def inspect(self, instance_id: str) -> Instance | None:
         try:

@@ -11,7 +11,8 @@ import sys
 import click
 import redis
 
-from ..errors import GreenroomError
+from pool_manager.errors import GreenroomError
+
 from . import bench, chat, pool, programs, up
 
 
@@ -20,7 +21,8 @@ def main() -> None:
     """greenroom: booted AI model servers waiting for every chat."""
 
 
-for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool, bench.bench):
+for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool,
+                bench.bench):
     main.add_command(command)
 
 

@@ -6,16 +6,15 @@ import re
 
 from flask import Blueprint, request, url_for
 
-from pool_manager.schemas import ID_PATTERN, ChatJob
+from pool_manager.schemas import ID_PATTERN, ChatJob, JobView
 
 from .body import json_object
 from .errors import ApiError
 from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
-from .views import job_view
 
-bp = Blueprint("chat", __name__, url_prefix="/v1/chat")
+bp = Blueprint("completions", __name__, url_prefix="/v1/chat")
 SESSION_HEADER = "X-Greenroom-Session"
 
 # A failed job's code -> the status a chat client gets.
@@ -49,4 +48,4 @@ def completions():
         error = job["error"]
         raise ApiError(FAILURE_STATUS.get(error["code"], 500), error["code"], error["message"], job_id=job["id"])
     headers["Location"] = url_for("jobs.read", job_id=job["id"])
-    return job_view(job), 202, headers
+    return JobView.of(job).public(), 202, headers

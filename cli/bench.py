@@ -1,4 +1,4 @@
-"""`greenroom bench`: the benchmark harness (bench/), imported only when it runs."""
+"""`greenroom bench`: the benchmark harness (bench/); its runner is imported only when it runs."""
 
 import signal
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-SCENARIOS = ("overhead", "warm_vs_cold", "arrivals", "burst", "refill", "scale")  # bench.scenarios.NAMES
+from bench.scenarios import NAMES as SCENARIOS
 
 
 @click.command()

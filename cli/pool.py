@@ -1,16 +1,14 @@
 """`greenroom pool status` and `greenroom pool scale`."""
 
-import dataclasses
 import json
 
 import click
 
-from ..manager import PoolManager
-from ..settings import get_settings
-
-
-def _manager() -> PoolManager:
-    return PoolManager(get_settings())
+from pool_manager.overview import PoolOverview
+from pool_manager.settings import get_settings
+from pool_manager.specs import PoolSpecs
+from pool_manager.state import PoolState, connect_redis
+from workers.names import POOL_QUEUE, RECONCILE_TASK
 
 
 @click.group()
@@ -22,8 +20,9 @@ def pool() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool, in a list.")
 def pool_status(as_json: bool) -> None:
     """Each pool's target and its containers by state."""
-    manager = _manager()
-    rows = [dataclasses.asdict(manager.status(name)) for name in manager.settings.pools]
+    settings = get_settings()
+    overview = PoolOverview(settings, connect_redis(settings.redis_url))
+    rows = [overview.status(name).model_dump() for name in overview.pools]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -38,11 +37,15 @@ def pool_status(as_json: bool) -> None:
 @click.option("--target-idle", type=click.IntRange(min=0))
 @click.option("--max-total", type=click.IntRange(min=1))
 def pool_scale(name: str, target_idle: int | None, max_total: int | None) -> None:
-    """Change a pool's target_idle or max_total at run time."""
+    """Change a pool's target_idle or max_total at run time; the maintenance worker's next
+    reconcile (asked for at once) starts or retires containers to match."""
     values = {k: v for k, v in {"target_idle": target_idle, "max_total": max_total}.items() if v is not None}
     if not values:
         raise click.UsageError("give --target-idle and/or --max-total")
-    manager = _manager()
-    spec = manager.scale(name, **values)
-    manager.reconcile(name)
+    from workers.config import make_celery  # Celery only for this command
+
+    settings = get_settings()
+    spec = PoolSpecs(settings, PoolState(connect_redis(settings.redis_url), settings.deployment)).scale(name, **values)
+    make_celery(settings).send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE, ignore_result=True,
+                                    expires=settings.reconcile_interval_s * 4)
     click.echo(f"{name}: target_idle={spec.target_idle} max_total={spec.max_total}")

@@ -5,19 +5,18 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import NoReturn
 
 import click
 
-from ..settings import Settings, get_settings
+from pool_manager.settings import Settings, get_settings
+from pool_manager.statedir import private_state_dir
+from workers.names import CHAT_QUEUE, POOL_QUEUE
 
 CELERY_APP = "workers.app"
 API_APP = "api:create_app()"
-# Public queue names (workers/names.py), repeated because pool_manager imports no workers code.
-QUEUES = {"chat": "greenroom.chat", "pool": "greenroom.pool"}
+QUEUES = {"chat": CHAT_QUEUE, "pool": POOL_QUEUE}
 POOL_CONCURRENCY = 4  # maintenance: reconcile passes, session closes
 
 
@@ -37,9 +36,9 @@ def _become(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
     os.execvpe(argv[0], argv, os.environ if env is None else env)
 
 
-def _run_together(commands: dict[str, str], env: dict[str, str]) -> int:
-    """Run shell commands side by side under honcho, prefixing their output; when one
-    ends, or on Ctrl-C/SIGTERM, all are stopped. Returns the exit code."""
+def _run_together(commands: dict[str, str], envs: dict[str, dict[str, str]]) -> int:
+    """Run shell commands side by side under honcho, each with its environment, prefixing
+    their output; when one ends, or on Ctrl-C/SIGTERM, all are stopped. Returns the exit code."""
     from honcho.manager import Manager
 
     class PatientManager(Manager):
@@ -55,14 +54,9 @@ def _run_together(commands: dict[str, str], env: dict[str, str]) -> int:
 
     manager = PatientManager()
     for name, command in commands.items():
-        manager.add_process(name, command, env=env)
+        manager.add_process(name, command, env=envs[name])
     manager.loop()
     return manager.returncode or 0
-
-
-def _state_dir() -> Path:
-    """Where processes keep local state: the process runtime's records, beat's schedule."""
-    return Path(os.environ.get("GREENROOM_STATE_DIR") or Path(tempfile.gettempdir()) / "greenroom")
 
 
 def _host_port(host: str, port: int) -> str:
@@ -116,7 +110,7 @@ def worker(queue: str, name: str | None, loglevel: str) -> None:
     if name:
         raise click.UsageError("--name needs --queue chat or --queue pool")
     commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel)) for q in QUEUES}
-    sys.exit(_run_together(commands, dict(os.environ)))
+    sys.exit(_run_together(commands, {q: dict(os.environ) for q in commands}))
 
 
 def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str) -> list[str]:
@@ -132,8 +126,8 @@ def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str
 def beat(loglevel: str) -> None:
     """Celery beat: the periodic reconcile of every pool (run exactly one)."""
     settings = get_settings()
-    folder = _state_dir() / "beat"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_state_dir(settings.state_dir) / "beat"
+    folder.mkdir(mode=0o700, exist_ok=True)
     schedule = folder / f"{settings.deployment}-schedule"
     _become(_celery("beat", "-s", str(schedule), "--pidfile=", "-l", loglevel))
 

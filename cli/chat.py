@@ -8,8 +8,9 @@ import threading
 import click
 import httpx
 
-from ..jobs import FINAL
-from .up import HOME, SECRETS_FILE, _read_env_file
+from pool_manager.schemas import FINAL
+
+from .secretfile import HOME, SECRETS_FILE, read_env_file
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 POLL_WAIT_S = 30  # each long poll of GET /v1/jobs/<id>?wait=N
@@ -112,7 +113,7 @@ def _reply(job: dict) -> str:
 
 def _default_token() -> str | None:
     """GREENROOM_TOKEN, else the admin token `greenroom up` saved in this directory."""
-    return os.environ.get("GREENROOM_TOKEN") or _read_env_file(HOME / SECRETS_FILE).get("GREENROOM_TOKEN")
+    return os.environ.get("GREENROOM_TOKEN") or read_env_file(HOME / SECRETS_FILE).get("GREENROOM_TOKEN")
 
 
 @click.command()

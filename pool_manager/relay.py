@@ -18,8 +18,16 @@ from dataclasses import dataclass
 import httpx
 from pydantic import ValidationError
 
-from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
-                     ModelError, NoIdleContainer, SessionBusy)
+from .errors import (
+    ClaimTimeout,
+    ContainerLost,
+    ContainerTimeout,
+    DeliveryLost,
+    GreenroomError,
+    JobCancelled,
+    ModelError,
+    SessionBusy,
+)
 from .heartbeat import Heartbeat
 from .httpclient import http_client
 from .jobs import JobStore
@@ -131,22 +139,17 @@ class ChatRelay:
         waiting = False
         next_check = began
         try:
-            while True:
-                try:
-                    claim = self.manager.claim(pool, session, job_id)
-                    break
-                except NoIdleContainer:
-                    if not waiting:
-                        waiting = True
-                        self._enter_line(delivery, pool)
-                    if (now := time.monotonic()) >= next_check:
-                        delivery.check()
-                        self._check_still_wanted(delivery, pool)
-                        next_check = now + CHECK_S
-                    if now > deadline:
-                        raise ClaimTimeout(
-                            f"no {pool!r} container became free in {self.settings.claim_timeout_s}s") from None
-                    time.sleep(POLL_S)
+            while (claim := self.manager.claim(pool, session, job_id)) is None:
+                if not waiting:
+                    waiting = True
+                    self._enter_line(delivery, pool)
+                if (now := time.monotonic()) >= next_check:
+                    delivery.check()
+                    self._check_still_wanted(delivery, pool)
+                    next_check = now + CHECK_S
+                if now > deadline:
+                    raise ClaimTimeout(f"no {pool!r} container became free in {self.settings.claim_timeout_s}s")
+                time.sleep(POLL_S)
         finally:
             if waiting and not delivery.lost.is_set():  # a lost delivery's place is its successor's
                 self.manager.state.remove_waiting(pool, job_id)
@@ -190,6 +193,7 @@ class ChatRelay:
             began = time.monotonic()
             try:
                 response = http_client().post(f"{claim.container.endpoint}/v1/chat/completions", json=body,
+                                              headers={"Authorization": f"Bearer {claim.container.key}"},
                                               timeout=self.settings.chat_timeout_s)
             except httpx.TimeoutException as exc:
                 raise ContainerTimeout(f"container gave no reply within {self.settings.chat_timeout_s}s") from exc

@@ -1,0 +1,58 @@
+"""Every Redis key greenroom uses, built here and nowhere else.
+
+    greenroom:<deployment>:
+        pool:<pool>:warming|idle|assigned   sorted sets of container ids by state (scores: created
+                                            at, ready at, lease expiry)
+        pool:<pool>:waiting                 the pool's line of jobs (score: when each joined)
+        pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt, run-time scale
+        c:<container>                       a container's record (hash)
+        session:<id>                        a session (hash: container, pool, state)
+        session-owner:<id>                  the tenant a session id belongs to
+        job:<id>                            a job's record (hash)
+        job-events:<id>                     a job's status changes (pub/sub channel)
+        job-leases                          live deliveries' lease expiries (sorted set of job ids)
+        lock:<name>, flag:<name>            locks (reconcile per pool, turn per session), re-run flags
+        hist:<name>:<pool>                  a histogram's buckets, count and sum (hash)
+    greenroom:ports                         loopback ports handed out, host-wide (hash: port -> holder)
+"""
+
+PORTS = "greenroom:ports"  # not per deployment: ports are a host resource
+POOL_STATES = ("warming", "idle", "assigned")
+
+
+class Keys:
+    def __init__(self, deployment: str):
+        self.prefix = f"greenroom:{deployment}:"
+
+    def pool(self, pool: str, part: str) -> str:
+        """part: a state (warming, idle, assigned), waiting, stats, info or overrides."""
+        return f"{self.prefix}pool:{pool}:{part}"
+
+    def container(self, container_id: str) -> str:
+        return f"{self.prefix}c:{container_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def session_owner(self, session_id: str) -> str:
+        return f"{self.prefix}session-owner:{session_id}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """A job's channel; job_events("") is the prefix every job's channel starts with."""
+        return f"{self.prefix}job-events:{job_id}"
+
+    @property
+    def job_leases(self) -> str:
+        return f"{self.prefix}job-leases"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
+
+    def flag(self, name: str) -> str:
+        return f"{self.prefix}flag:{name}"
+
+    def histogram(self, name: str, pool: str) -> str:
+        return f"{self.prefix}hist:{name}:{pool}"
