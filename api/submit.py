@@ -5,7 +5,7 @@ import uuid
 
 from kombu.exceptions import OperationalError
 
-from pool_manager.schemas import ChatJob
+from pool_manager.schemas import ChatJob, tenant_session
 from workers.names import CHAT_QUEUE, CHAT_TASK
 
 from .auth import tenant
@@ -21,12 +21,11 @@ def submit(job: ChatJob) -> dict:
     session_id = job.session_id or job_id
     if job.session_id:
         check_session_usable(job.session_id)
-    elif not svc.jobs.own_session(session_id, tenant()):
-        raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
+    svc.jobs.start_session(tenant_session(tenant(), session_id))
     record = svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id,
                              request=job.task_kwargs())
     if record is None:
-        raise ApiError(409, "conflict", "job id collision; retry")
+        raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
     try:
         # The job record carries the result: no copy in Celery's result backend, and no
         # result subscription opened (and closed) per send.
@@ -39,11 +38,9 @@ def submit(job: ChatJob) -> dict:
 
 
 def check_session_usable(session_id: str) -> None:
-    """A session id names the caller's session, or a new one the caller starts; another
-    tenant's reads as unknown, and an ended one cannot take messages."""
-    svc = services()
-    if not svc.jobs.own_session(session_id, tenant()):
-        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
-    state = svc.pools.session(session_id).get("state")
+    """A session id names one of the caller's sessions, or a new one the caller starts
+    (ids are per tenant: another tenant's session of the same name is another session).
+    An ended one cannot take messages."""
+    state = services().pools.session(tenant_session(tenant(), session_id)).get("state")
     if state in ("closed", "broken"):
         raise ApiError(409, "session_closed", f"session {session_id!r} is {state}; start a new one")

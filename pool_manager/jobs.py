@@ -126,14 +126,12 @@ class JobStore:
         pairs = [x for item in fields.items() for x in item]
         return fields if self._create(keys=[self.keys.job(job_id)], args=[self.pending_ttl_s, *pairs]) else None
 
-    def own_session(self, session_id: str, tenant: str) -> bool:
-        """Bind a session id to a tenant on first use; True if it is (now) theirs."""
-        key = self.keys.session_owner(session_id)
-        self.redis.set(key, tenant, nx=True, ex=self.pending_ttl_s)
-        return self.redis.get(key) == tenant
+    def start_session(self, session: str) -> bool:
+        """Note that a session (tenant_session's name) has a job; True if it is new."""
+        return bool(self.redis.set(self.keys.session_started(session), 1, nx=True, ex=self.pending_ttl_s))
 
-    def session_owner(self, session_id: str) -> str | None:
-        return self.redis.get(self.keys.session_owner(session_id))
+    def session_started(self, session: str) -> bool:
+        return bool(self.redis.exists(self.keys.session_started(session)))
 
     def get(self, job_id: str) -> dict | None:
         fields = self.redis.hgetall(self.keys.job(job_id))

@@ -6,8 +6,8 @@
         pool:<pool>:waiting                 the pool's line of jobs (score: when each joined)
         pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt, run-time scale
         c:<container>                       a container's record (hash)
-        session:<id>                        a session (hash: container, pool, state)
-        session-owner:<id>                  the tenant a session id belongs to
+        session:<tenant>/<id>               a session (hash: container, pool, state); ids are per tenant
+        session-started:<id>                set once a session's first job is accepted
         job:<id>                            a job's record (hash)
         job-events:<id>                     a job's status changes (pub/sub channel)
         job-leases                          live deliveries' lease expiries (sorted set of job ids)
@@ -34,8 +34,8 @@ class Keys:
     def session(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"
 
-    def session_owner(self, session_id: str) -> str:
-        return f"{self.prefix}session-owner:{session_id}"
+    def session_started(self, session_id: str) -> str:
+        return f"{self.prefix}session-started:{session_id}"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"

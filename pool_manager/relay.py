@@ -32,7 +32,8 @@ from .heartbeat import Heartbeat
 from .httpclient import http_client
 from .jobs import JobStore
 from .manager import PoolManager
-from .schemas import ChatJob
+from .schemas import ChatJob, tenant_session
+from .settings import SEND_TASK_TENANT
 from .state import Claim
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,12 @@ class ChatRelay:
               options: dict | None = None) -> dict | None:
         """Run the job to a final state and return its record; None when another delivery
         holds the job (this one is a duplicate, to be dropped)."""
-        session = session_id or job_id  # a new session is named after its first job
+        public_session = session_id or job_id  # a new session is named after its first job
         request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
         request = {name: value for name, value in request.items() if value is not None}
-        # A job sent with send_task has no record yet; one submitted over HTTP has.
-        self.jobs.create(job_id, tenant="", model=str(model), session_id=str(session), request=request)
+        # A job sent with send_task has no record yet, and belongs to SEND_TASK_TENANT.
+        self.jobs.create(job_id, tenant=SEND_TASK_TENANT, model=str(model), session_id=str(public_session),
+                         request=request)
         token = secrets.token_hex(8)
         taken = self.jobs.take(job_id, token, self.lease_s)
         if taken == "held":
@@ -78,11 +80,13 @@ class ChatRelay:
         if taken == "taken":
             with self.heartbeat.keep(lambda: self.jobs.renew(job_id, token, self.lease_s)) as lost:
                 job = self.jobs.get(job_id)
+                session = tenant_session(job["tenant"], public_session)
                 self._run_to_end(Delivery(job_id, token, lost), session, float(job["created_at"]), request)
         return self.jobs.get(job_id)
 
     def _run_to_end(self, delivery: Delivery, session: str, created_at: float, fields: dict) -> None:
-        """Serve the job and record how it ended; its latency counts in the metrics."""
+        """Serve the job in session (greenroom's name for it, tenant_session's) and record how
+        it ended; its latency counts in the metrics."""
         job_id, token = delivery.job_id, delivery.token
         try:
             request = ChatJob(**fields)
@@ -124,7 +128,7 @@ class ChatRelay:
             reply, in_container = self._relay(delivery, claim, session, body, deadline)
         finished = time.time()
         reply["greenroom"] = {
-            "job_id": job_id, "session_id": session, "container": claim.container.id,
+            "job_id": job_id, "session_id": request.session_id or job_id, "container": claim.container.id,
             "warm": waited == 0.0, "new_session": claim.new,
             "timings": {"queued_s": round(began - created_at, 6), "waited_for_container_s": round(waited, 6),
                         "in_container_s": round(in_container, 6), "total_s": round(finished - created_at, 6)},

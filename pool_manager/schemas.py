@@ -6,6 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # no slashes, no dots-only: safe in paths and keys
 MAX_MESSAGES = 1000
+
+
+def tenant_session(tenant: str, session_id: str) -> str:
+    """A session's name inside greenroom. Clients name sessions within their tenant, so two
+    tenants' `support-42` never meet ('/' is in neither a tenant name nor an id)."""
+    return f"{tenant}/{session_id}"
+
+
 MAX_CONTENT_CHARS = 200_000
 RESERVED_OPTIONS = {"model", "messages", "stream", "session_id"}
 

@@ -96,9 +96,33 @@ def test_send_task_gets_a_reply_and_its_job_becomes_visible(stack, acme):
     record = result.get(timeout=30)
     assert record["status"] == "succeeded"
     assert 'you said "from a backend"' in record["result"]["choices"][0]["message"]["content"]
-    with stack.client("admin") as admin:  # send_task jobs belong to no tenant: admins see them
+    with stack.client("admin") as admin:  # send_task jobs belong to tenant "celery": admins see them
         assert admin.get(f"/v1/jobs/{result.id}").json()["status"] == "succeeded"
     assert acme.get(f"/v1/jobs/{result.id}").status_code == 404
+
+
+def test_two_tenants_sessions_of_one_name_never_meet(stack, acme):
+    """acme's and globex's `support-42`, and a send_task job's of the same name: three
+    conversations on three containers, none reading another's memory."""
+    name = f"support-{uuid.uuid4().hex[:6]}"
+    celery = make_celery(load_settings(redis_url=stack.redis_url))
+    backend = celery.send_task("greenroom.chat", queue="greenroom.chat", kwargs={
+        "model": "chatbot", "session_id": name, "messages": [{"role": "user", "content": "my name is Celia"}]})
+    assert backend.get(timeout=30)["status"] == "succeeded"
+    first = chat(acme, "my name is Ada", session_id=name)
+    with stack.client("globex") as globex:
+        other = chat(globex, "what is my name?", session_id=name)
+        assert other["result"]["choices"][0]["message"]["content"] == "I don't know your name yet."
+        globex.delete(f"/v1/sessions/{name}")
+    again = chat(acme, "what is my name?", session_id=name)
+    assert again["result"]["choices"][0]["message"]["content"] == "Your name is Ada."
+    containers = {first["result"]["greenroom"]["container"], other["result"]["greenroom"]["container"],
+                  backend.get(timeout=5)["result"]["greenroom"]["container"]}
+    assert len(containers) == 3
+    assert again["result"]["greenroom"]["container"] == first["result"]["greenroom"]["container"]
+    acme.delete(f"/v1/sessions/{name}")
+    assert celery.send_task("greenroom.pool.close_session", kwargs={"session_id": name},
+                            queue="greenroom.pool").get(timeout=30) is True
 
 
 def test_openai_client_against_chat_completions(stack, acme):

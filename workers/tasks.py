@@ -11,7 +11,8 @@ from pool_manager.errors import GreenroomError
 from pool_manager.jobs import JobStore
 from pool_manager.manager import PoolManager
 from pool_manager.relay import ChatRelay
-from pool_manager.settings import get_settings
+from pool_manager.schemas import tenant_session
+from pool_manager.settings import SEND_TASK_TENANT, get_settings
 
 from .app import app
 from .names import (
@@ -102,10 +103,11 @@ def requeue_lapsed_jobs() -> list[str]:
 
 def _send_again(job_id: str, kwargs: dict) -> None:
     # HTTP jobs keep their result in the job record; send_task callers read Celery's backend.
-    from_http = bool((relay().jobs.get(job_id) or {}).get("tenant"))
+    from_http = (relay().jobs.get(job_id) or {}).get("tenant") != SEND_TASK_TENANT
     chat.apply_async(kwargs=kwargs, task_id=job_id, queue=CHAT_QUEUE, ignore_result=from_http)
 
 
 @app.task(name=CLOSE_SESSION_TASK)
-def close_session(session_id: str) -> bool:
-    return relay().manager.close_session(session_id)
+def close_session(session_id: str, tenant: str = SEND_TASK_TENANT) -> bool:
+    """End a session (of send_task's tenant, unless another is named); False if none was active."""
+    return relay().manager.close_session(tenant_session(tenant, session_id))
