@@ -8,7 +8,6 @@ import time
 from redis import RedisError
 
 from .errors import RuntimeFailure
-from .httpclient import is_healthy
 from .metrics import Metrics
 from .ports import PortAllocator
 from .runtimes import Runtime
@@ -57,8 +56,10 @@ class Lifecycle:
         deadline = container.created_at + spec.boot_timeout_s
         pause = 0.02
         while time.time() < deadline:
-            if is_healthy(container.endpoint, spec.health_path, timeout=min(1.0, spec.boot_timeout_s)):
-                self.promote(container)
+            if endpoint := runtime.ready_endpoint(container.id, spec, container.port,
+                                                  timeout=min(1.0, spec.boot_timeout_s)):
+                self.show(runtime, container.pool, container.id, "idle")  # before a claim can move it on
+                self.promote(container, endpoint)
                 return
             if self.state.get(container.id) is None:
                 return  # forgotten meanwhile (destroyed, or vanished)
@@ -66,14 +67,23 @@ class Lifecycle:
             pause = min(pause * 1.5, 0.25)
         self.fail(container, runtime)
 
-    def promote(self, container: Container) -> bool:
-        if not self.state.move(container, "warming", "idle"):
+    def promote(self, container: Container, endpoint: str) -> bool:
+        """Warming to idle, with the endpoint it serves at (a pod's IP is known only now)."""
+        if not self.state.move(container, "warming", "idle", endpoint=endpoint):
             return False
         self.state.boot_succeeded(container.pool)
         booted_s = time.time() - container.created_at
         self.metrics.observe("boot_seconds", container.pool, booted_s)
         log.info("pool %s: %s ready in %.1fs", container.pool, container.id, booted_s)
         return True
+
+    @staticmethod
+    def show(runtime: Runtime, pool: str, container_id: str, state: str) -> None:
+        """Let the runtime show the state (pod labels); a failure costs only the label."""
+        try:
+            runtime.mark(container_id, state)
+        except RuntimeFailure as exc:
+            log.warning("pool %s: labelling %s %s failed: %s", pool, container_id, state, exc)
 
     def fail(self, container: Container, runtime: Runtime) -> None:
         """A container that never became healthy: destroyed and counted, exactly once."""

@@ -50,10 +50,15 @@ class PoolManager:
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
-            options = {"docker": {"docker_host": self.settings.docker_host},
-                       "process": {"state_dir": self.settings.state_dir}}.get(name, {})
-            self._runtimes[name] = runtime_class(name)(self.settings.deployment, **options)
+            self._runtimes[name] = runtime_class(name)(self.settings.deployment, **self._runtime_options(name))
         return self._runtimes[name]
+
+    def _runtime_options(self, name: str) -> dict:
+        settings = self.settings
+        return {"docker": {"docker_host": settings.docker_host},
+                "process": {"state_dir": settings.state_dir},
+                "kubernetes": {"namespace": settings.kubernetes_namespace, "kubeconfig": settings.kubeconfig},
+                }.get(name, {})
 
     def pool_runtime(self, pool: str) -> Runtime:
         return self.runtime(self.runtime_name(pool))

@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .httpclient import is_healthy
 from .lifecycle import Lifecycle
 from .line import WaitingLine
 from .runtimes import Instance, Runtime
@@ -50,6 +49,7 @@ class ReconcilePass:
         self.check_warming(known, live)
         self.reap_expired_leases()
         self.resize(len(live))
+        self.show_states(live)
         self.report.duration_s = time.monotonic() - began
         return self.report
 
@@ -87,8 +87,8 @@ class ReconcilePass:
         booting = time.time() - instance.created_at < self.spec.boot_timeout_s
         key = self.runtime.key_of(instance.id, self.spec) if record is None and instance.running else None
         if key:  # without its key greenroom could not talk to it
-            if is_healthy(endpoint, self.spec.health_path):
-                self._adopt(instance, endpoint, key, "idle")
+            if ready := self.runtime.ready_endpoint(instance.id, self.spec, instance.port):
+                self._adopt(instance, ready, key, "idle")
                 return
             if booting:
                 self._adopt(instance, endpoint, key, "warming")
@@ -111,8 +111,8 @@ class ReconcilePass:
         (Boot watchers do this at once; this pass is the safety net after a crash.)"""
         warming = [c for c in known.values() if c.state == "warming" and c.id in live]
         for container in warming:
-            if is_healthy(container.endpoint, self.spec.health_path, timeout=0.5):
-                self.lifecycle.promote(container)
+            if endpoint := self.runtime.ready_endpoint(container.id, self.spec, container.port, timeout=0.5):
+                self.lifecycle.promote(container, endpoint)
             elif time.time() - container.created_at > self.spec.boot_timeout_s:
                 self.lifecycle.fail(container, self.runtime)
                 self.report.failed += 1
@@ -124,6 +124,14 @@ class ReconcilePass:
             if container and container.session:
                 self.close_session(container.session)
                 self.report.reaped += 1
+
+    def show_states(self, live: dict[str, Instance]) -> None:
+        """Let the runtime show each container's state as Redis has it now (pod labels on
+        Kubernetes, nothing elsewhere). Every claim triggers a pass, so a claimed pod
+        reads assigned within moments, though chat workers hold no runtime rights."""
+        for container_id, state in self.state.states(self.pool).items():
+            if container_id in live:
+                self.lifecycle.show(self.runtime, self.pool, container_id, state)
 
     def resize(self, existing: int) -> None:
         """Bring idle + warming to the demand: target_idle plus the jobs waiting for a

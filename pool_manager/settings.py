@@ -19,6 +19,10 @@ from .errors import ConfigError
 
 REFERENCE_SERVER = Path(__file__).resolve().parents[1] / "images" / "chatbot" / "server.py"
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# A kubernetes pool's name goes into pod names (gr-<pool>-<12 hex>, at most 63 characters)
+KUBE_POOL = r"^[a-z0-9]([a-z0-9-]{0,45}[a-z0-9])?$"
+LABEL_VALUE = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 SEND_TASK_TENANT = "celery"  # the owner of jobs sent with send_task: reserved, no API key may claim it
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class PoolSpec(BaseModel):
 
     image: str | None = None
     command: list[str] | None = None
-    runtime: Literal["auto", "docker", "process"] = "auto"
+    runtime: Literal["auto", "docker", "process", "kubernetes"] = "auto"
     target_idle: int = Field(2, ge=0)
     max_total: int = Field(20, ge=1, le=10_000)
     health_path: str = Field("/healthz", pattern=r"^/")
@@ -66,8 +70,10 @@ class PoolSpec(BaseModel):
     def _consistent(self) -> "PoolSpec":
         if self.target_idle > self.max_total:
             raise ValueError(f"target_idle ({self.target_idle}) exceeds max_total ({self.max_total})")
-        if self.runtime == "docker" and not self.image:
-            raise ValueError("runtime 'docker' needs an image")
+        if self.runtime in ("docker", "kubernetes") and not self.image:
+            raise ValueError(f"runtime '{self.runtime}' needs an image")
+        if self.runtime == "kubernetes" and not re.fullmatch(r"\d+(:\d+)?", self.user):
+            raise ValueError("runtime 'kubernetes' needs a numeric user, uid[:gid]")
         if self.runtime == "process" and not self.command:
             raise ValueError("runtime 'process' needs a command")
         if not (self.image or self.command):
@@ -93,6 +99,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # defaults to redis_url
     docker_host: str | None = None  # defaults to DOCKER_HOST, then the local socket
+    # Kubernetes pools: their pods' namespace, and a kubeconfig file (unset: the pod's
+    # service account when greenroom runs in a cluster, else $KUBECONFIG or ~/.kube/config)
+    kubernetes_namespace: str = Field("default", pattern=DNS_LABEL)
+    kubeconfig: str | None = None
     port_range: tuple[int, int] = (20000, 29999)
     reconcile_interval_s: float = Field(5.0, gt=0)  # beat's safety-net pass
     boot_backoff_s: tuple[float, float] = (1.0, 60.0)  # pause after a failed boot: first, longest
@@ -129,6 +139,16 @@ class Settings(BaseSettings):
             if not re.match(NAME, name):
                 raise ValueError(f"pool name {name!r} must match {NAME}")
         return pools
+
+    @model_validator(mode="after")
+    def _kubernetes_names(self) -> "Settings":
+        """Pool and deployment names become pod names and label values there."""
+        for name, spec in self.pools.items():
+            if spec.runtime == "kubernetes" and not re.match(KUBE_POOL, name):
+                raise ValueError(f"kubernetes pool name {name!r} must match {KUBE_POOL}")
+            if spec.runtime == "kubernetes" and not re.match(LABEL_VALUE, self.deployment):
+                raise ValueError(f"deployment {self.deployment!r} must match {LABEL_VALUE} (a label value)")
+        return self
 
     @field_validator("api_keys")
     @classmethod

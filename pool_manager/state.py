@@ -61,6 +61,7 @@ local id, state, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('ZREM', from_set, id) == 0 then return 0 end
 if to_set ~= '' then redis.call('ZADD', to_set, now, id) end
 redis.call('HSET', container, 'state', state, state .. '_at', now)
+for i = 4, #ARGV, 2 do redis.call('HSET', container, ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -166,13 +167,22 @@ class PoolState:
             found = [Container.from_hash(f) for f in pipe.execute() if f]
         return {c.id: c for c in found}
 
-    def move(self, container: Container, from_state: str, to_state: str | None) -> bool:
-        """Atomically move from one state to another (None: out of every set)."""
+    def move(self, container: Container, from_state: str, to_state: str | None, **fields: str) -> bool:
+        """Atomically move from one state to another (None: out of every set), setting
+        any fields of its record in the same step."""
         to_key = self.keys.pool(container.pool, to_state) if to_state else ""
         return bool(self._move(
             keys=[self.keys.pool(container.pool, from_state), to_key, self.keys.container(container.id)],
-            args=[container.id, to_state or "gone", time.time()],
+            args=[container.id, to_state or "gone", time.time(), *(x for pair in fields.items() for x in pair)],
         ))
+
+    def states(self, pool: str) -> dict[str, str]:
+        """Each container id of the pool with its state (warming, idle, assigned)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in POOL_STATES:
+                pipe.zrange(self.keys.pool(pool, state), 0, -1)
+            found = pipe.execute()
+        return {container_id: state for state, ids in zip(POOL_STATES, found, strict=True) for container_id in ids}
 
     def mark_gone(self, container: Container) -> None:
         """Out of every state set, its record kept as 'gone' until the runtime removes it."""

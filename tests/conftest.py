@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from bench.stack import RedisServer, free_port, wait_until  # noqa: F401 (the tests import them from here)
+from pool_manager.errors import RuntimeUnavailable
 from pool_manager.manager import PoolManager
 from pool_manager.runtimes.docker import DockerRuntime
 from pool_manager.settings import load_settings, reference_pool
@@ -47,6 +48,16 @@ def docker_engine():
     runtime.close()
 
 
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory):
+    """A Kubernetes API emulation over HTTP and a test kubelet (tests/kube_cluster.py)."""
+    from kube_cluster import KubeCluster
+
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_container_outlives_the_run():
     """Every test removes what it made; at the end, anything labelled by this run that is
@@ -84,6 +95,8 @@ def make_manager(request, redis_url, deployment, tmp_path):
     def build(runtime="docker", settings: dict | None = None, **spec_fields) -> PoolManager:
         if runtime == "docker":
             request.getfixturevalue("docker_engine")
+        if runtime == "kubernetes":
+            settings = request.getfixturevalue("kube_cluster").settings() | (settings or {})
         spec = reference_pool(runtime=runtime, **{"env": {"BOOT_SECONDS": "1"}} | spec_fields)
         settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec},
                                  state_dir=tmp_path / "process-runtime", **(settings or {}))
@@ -95,7 +108,11 @@ def make_manager(request, redis_url, deployment, tmp_path):
     failed = getattr(request.node, "report_call", None) and request.node.report_call.failed
     for manager in managers:
         for runtime in manager._runtimes.values():
-            for instance in runtime.list_managed():
+            try:
+                instances = runtime.list_managed()
+            except RuntimeUnavailable:
+                continue  # a runtime that cannot be reached has made nothing to clean up
+            for instance in instances:
                 if failed:
                     print(f"--- logs of {instance.id} ---\n{runtime.logs(instance.id)}")
                 runtime.destroy(instance.id)

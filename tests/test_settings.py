@@ -14,7 +14,9 @@ from pool_manager.settings import load_settings
         ({"image": "x", "health_path": "healthz"}, "pools.p.health_path"),
         ({"runtime": "docker", "command": ["x"]}, "runtime 'docker' needs an image"),
         ({"runtime": "process", "image": "x"}, "runtime 'process' needs a command"),
-        ({"runtime": "kubernetes", "image": "x"}, "pools.p.runtime"),
+        ({"runtime": "podman", "image": "x"}, "pools.p.runtime"),
+        ({"runtime": "kubernetes", "command": ["x"]}, "runtime 'kubernetes' needs an image"),
+        ({"runtime": "kubernetes", "image": "x", "user": "app"}, "needs a numeric user"),
     ],
 )
 def test_bad_pool_spec_is_rejected_naming_the_field(pool, field):
@@ -42,3 +44,22 @@ def test_missing_config_file_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("GREENROOM_CONFIG", "/nonexistent/greenroom.toml")
     with pytest.raises(ConfigError, match="not a file"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"pools": {"my_pool": {"image": "x", "runtime": "kubernetes"}}}, "kubernetes pool name 'my_pool'"),
+        ({"pools": {"p": {"image": "x", "runtime": "kubernetes"}}, "deployment": "prod-"}, "deployment 'prod-'"),
+        ({"kubernetes_namespace": "Models"}, "kubernetes_namespace"),
+    ],
+)
+def test_kubernetes_names_must_fit_pod_names_and_labels(overrides, problem):
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(**overrides)
+
+
+def test_kubernetes_settings_have_defaults_and_accept_a_kubeconfig():
+    settings = load_settings(pools={"chat-bot": {"image": "x", "runtime": "kubernetes"}}, kubeconfig="/k/config")
+    assert settings.kubernetes_namespace == "default" and settings.kubeconfig == "/k/config"
+    assert load_settings(pools={"my_pool": {"image": "x"}}).pools["my_pool"].runtime == "auto"  # docker names stay

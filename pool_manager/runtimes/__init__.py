@@ -8,6 +8,7 @@ from .base import Instance, Runtime
 REGISTRY = {
     "docker": "pool_manager.runtimes.docker:DockerRuntime",
     "process": "pool_manager.runtimes.process:ProcessRuntime",
+    "kubernetes": "pool_manager.runtimes.kubernetes:KubernetesRuntime",
 }
 
 __all__ = ["Instance", "Runtime", "REGISTRY", "runtime_class"]

@@ -3,6 +3,7 @@
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..httpclient import is_healthy
 from ..settings import PoolSpec
 
 MANAGED = "greenroom.managed"
@@ -54,8 +55,20 @@ class Runtime(ABC):
         adopt it after the state lost its record), or None when it cannot be told."""
 
     def endpoint(self, instance_id: str, spec: PoolSpec, port: int) -> str:
-        """The base URL at which the instance serves."""
+        """The base URL at which the instance serves ("" while the runtime cannot tell yet,
+        as for a pod that has no IP before it is scheduled)."""
         return f"http://127.0.0.1:{port}"
+
+    def ready_endpoint(self, instance_id: str, spec: PoolSpec, port: int, timeout: float = 1.0) -> str | None:
+        """The base URL once the instance is ready to serve, else None. Here: its endpoint
+        answers health_path within timeout; a runtime with its own readiness (Kubernetes'
+        Ready condition) says so instead."""
+        endpoint = self.endpoint(instance_id, spec, port)
+        return endpoint if endpoint and is_healthy(endpoint, spec.health_path, timeout=timeout) else None
+
+    def mark(self, instance_id: str, state: str) -> None:
+        """Show the instance's pool state (warming, idle, assigned) where operators look:
+        pod labels on Kubernetes. Nothing here; an instance already gone is no error."""
 
     def server_env(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
         """What the server is told: the spec's env plus where to listen, who it is and its key."""
