@@ -5,12 +5,12 @@ Each Stack has its own Redis database (Celery's queue names are global within on
 its own deployment id, so its containers carry their own owner label.
 """
 
-import itertools
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import redis
 
 from bench import stack as bench_stack
 from conftest import RUN_ID, wait_until
@@ -20,20 +20,32 @@ TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789", 
           "initech": "initech-token-0123456789"}
 
 
-_databases = itertools.count(1)  # database 0 is the pool tests'
+_free_databases = list(range(1, 16))  # database 0 is the pool tests'; a stopped stack's is reused
 
 
 class Stack(bench_stack.Stack):
     def __init__(self, redis_url: str, name: str, folder: Path, pool: dict, **settings):
-        database = next(_databases)
-        assert database < 16, "more stacks than Redis databases"
-        super().__init__(folder, pool, redis_url=f"{redis_url.rsplit('/', 1)[0]}/{database}",
+        assert _free_databases, "more stacks running at once than Redis databases"
+        self.database = _free_databases.pop(0)
+        super().__init__(folder, pool, redis_url=f"{redis_url.rsplit('/', 1)[0]}/{self.database}",
                          deployment=f"{RUN_ID}-{name}", tokens=TOKENS, api_args=("--workers", "1", "--threads", "16"),
                          # tenants held to no limits unless a test sets them (they are tested apart)
                          **({"chat_concurrency": 8, "tenant_limits": bench_stack.UNLIMITED} | settings))
 
     def client(self, tenant: str = "acme", timeout: float = 60) -> httpx.Client:
         return super().client(tenant, timeout)
+
+    def stop(self) -> None:
+        """Stop, then empty the stack's database and hand it to the next stack."""
+        try:
+            super().stop()
+            with redis.Redis.from_url(self.redis_url, socket_connect_timeout=2) as client:
+                client.flushdb()
+        except redis.ConnectionError:
+            pass  # its Redis is gone (a test's own server): nothing to empty
+        finally:
+            if self.database not in _free_databases:
+                _free_databases.append(self.database)
 
 
 def wait_for_pool(client: httpx.Client, timeout: float = 30, **expected) -> dict:
