@@ -53,7 +53,7 @@ def test_the_compose_pool_serves_on_its_private_network(monkeypatch):
     monkeypatch.setenv("GREENROOM_CONFIG", str(REPO / "deploy" / "greenroom.toml"))
     spec = load_settings().pools["chatbot"]
     runtime = DockerRuntime("compose-spec")  # no engine needed: nothing is sent to it
-    options = container_options(runtime, "gr-chatbot-1", "chatbot", spec, 0)
+    options = container_options(runtime, "gr-chatbot-1", "chatbot", spec, 0, "a-key")
     assert options["network"] == "greenroom-models" and "network_mode" not in options
     assert (options["environment"]["HOST"], options["environment"]["PORT"]) == ("0.0.0.0", str(spec.port))
     assert runtime.endpoint("gr-chatbot-1", spec, 0) == f"http://gr-chatbot-1:{spec.port}"
