@@ -24,6 +24,8 @@ COUNTERS = {
              {"jobs_succeeded": "succeeded", "jobs_failed": "failed"}, "outcome"),
     "booted": ("greenroom_boots", "Containers that became healthy", {"booted": None}, None),
     "failed": ("greenroom_boot_failures", "Containers destroyed for never becoming healthy", {"failed": None}, None),
+    "model_failures": ("greenroom_model_failures", "Chat replies a model server answered with a 5xx",
+                       {"model_failures": None}, None),
 }
 
 

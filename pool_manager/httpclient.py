@@ -1,9 +1,15 @@
-"""One pooled HTTP client per process for talking to model servers, and health probes."""
+"""Talking to model servers: one pooled HTTP client per process, health probes, and a
+POST whose whole reply is bounded in time and size. httpx's errors become greenroom's here."""
 
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
+
+from .errors import ContainerLost, ContainerTimeout, ModelError
 
 _lock = threading.Lock()
 _clients: dict[int, httpx.Client] = {}
@@ -25,3 +31,52 @@ def is_healthy(endpoint: str, health_path: str, timeout: float = 1.0) -> bool:
         return http_client().get(endpoint + health_path, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def post_bounded(url: str, payload: dict, key: str, within_s: float, max_bytes: int) -> tuple[int, bytes]:
+    """POST JSON with the server's bearer key; its status and whole body, read within
+    within_s of wall-clock time however slowly it trickles (ContainerTimeout) and never
+    past max_bytes (ModelError, the rest unread). ContainerLost: it stopped answering."""
+    deadline = time.monotonic() + within_s
+    try:
+        with http_client().stream("POST", url, json=payload, headers={"Authorization": f"Bearer {key}"},
+                                  timeout=within_s) as response, _cut_off_at(deadline, response):
+            return response.status_code, _read_capped(response, max_bytes)
+    except httpx.TimeoutException as exc:
+        raise ContainerTimeout(f"the model server gave no reply within {within_s:g}s") from exc
+    except httpx.TransportError as exc:
+        if time.monotonic() >= deadline:  # our cut-off, not the server's doing
+            raise ContainerTimeout(f"the model server's reply took longer than {within_s:g}s") from exc
+        raise ContainerLost(f"the model server stopped answering: {exc}") from exc
+
+
+@contextmanager
+def _cut_off_at(deadline: float, response: httpx.Response) -> Iterator[None]:
+    """Shut the connection's socket at the deadline, so a read blocked on a server that
+    trickles returns at once: httpx's timeouts bound each read, not the whole reply."""
+    sock = response.extensions["network_stream"].get_extra_info("socket")
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, (sock,))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(2)  # SHUT_RDWR: the blocked recv returns, the connection is not reused
+    except OSError:
+        pass  # closed meanwhile
+
+
+def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    if int(response.headers.get("Content-Length") or 0) > max_bytes:
+        raise ModelError(f"the model server's reply is larger than {max_bytes} bytes")
+    body, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ModelError(f"the model server's reply is larger than {max_bytes} bytes")
+        body.append(chunk)
+    return b"".join(body)

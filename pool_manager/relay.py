@@ -7,6 +7,7 @@ the job's lease while it works (jobs.py); a duplicate delivery, which finds anot
 live lease, does nothing.
 """
 
+import json
 import logging
 import secrets
 import threading
@@ -15,13 +16,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
 from pydantic import ValidationError
 
 from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
                      LimitExceeded, ModelError, SessionBusy)
 from .heartbeat import Heartbeat
-from .httpclient import http_client
+from .httpclient import post_bounded
 from .jobs import JobStore
 from .manager import PoolManager
 from .schemas import ChatJob, tenant_of, tenant_session
@@ -202,20 +202,17 @@ class ChatRelay:
             delivery.check()
             self.manager.renew(claim)
             began = time.monotonic()
-            try:
-                response = http_client().post(f"{claim.container.endpoint}/v1/chat/completions", json=body,
-                                              headers={"Authorization": f"Bearer {claim.container.key}"},
-                                              timeout=self.settings.chat_timeout_s)
-            except httpx.TimeoutException as exc:
-                raise ContainerTimeout(f"container gave no reply within {self.settings.chat_timeout_s}s") from exc
-            except httpx.TransportError as exc:
-                raise ContainerLost(f"container {claim.container.id} stopped answering: {exc}") from exc
+            status, raw = post_bounded(f"{claim.container.endpoint}/v1/chat/completions", body, claim.container.key,
+                                       self.settings.chat_timeout_s, self.settings.max_reply_bytes)
             in_container = time.monotonic() - began
             self.manager.renew(claim)
-        if response.status_code != 200:
-            raise ModelError(f"model server answered {response.status_code}: {response.text[:500]}")
+        if status >= 500:  # the model failed, not the request: its memory is not to be trusted
+            self.manager.close_session(session, reason="broken")
+            self.manager.state.incr_stat(claim.container.pool, "model_failures")
+        if status != 200:
+            raise ModelError(f"model server answered {status}: {raw[:500].decode(errors='replace')}")
         try:
-            return response.json(), in_container
+            return json.loads(raw), in_container
         except ValueError as exc:
             raise ModelError("model server answered 200 with a body that is not JSON") from exc
 

@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(5.0, gt=0)  # beat's safety-net pass
     boot_backoff_s: tuple[float, float] = (1.0, 60.0)  # pause after a failed boot: first, longest
     claim_timeout_s: float = Field(300, gt=0)  # how long a job waits for a container
-    chat_timeout_s: float = Field(120, gt=0)  # how long a container may take to reply
+    chat_timeout_s: float = Field(120, gt=0)  # how long a container may take to reply, all of it
+    max_reply_bytes: int = Field(8 * 2**20, ge=1024)  # a longer reply fails the job (model_error)
     # A worker renews its hold on each job it serves; when it dies, its jobs are sent again
     # once this lapses (checked every job_lease_s / 2), not after the broker's visibility timeout.
     job_lease_s: float = Field(10, ge=1)

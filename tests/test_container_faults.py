@@ -62,3 +62,35 @@ def test_a_hanging_container_times_out_and_is_destroyed(hanging, docker_engine):
         label = {"label": f"greenroom.owner={hanging.env['GREENROOM_DEPLOYMENT']}"}
         wait_for_pool(client, idle=1, assigned=0)
         assert len(docker_engine.containers.list(all=True, filters=label)) == 1  # only the fresh idle one
+
+
+@pytest.mark.parametrize("env, settings, code, message", [
+    ({"FAULT_TRICKLE_SECONDS": "0.2"}, {"chat_timeout_s": 3}, "container_timeout", "took longer than 3s"),
+    ({"FAULT_REPLY_PADDING": "200000"}, {"max_reply_bytes": 65536}, "model_error", "larger than 65536 bytes"),
+], ids=["trickles", "too-large"])
+def test_a_reply_is_bounded_in_time_and_size(request, redis_url, docker_engine, tmp_path_factory, env, settings,
+                                             code, message):
+    """A model that trickles its reply (a byte every 0.2 s: over a minute for the whole)
+    is cut off at chat_timeout_s; one that answers too much is cut off at max_reply_bytes."""
+    with running_stack(request, redis_url, tmp_path_factory, f"bounded-{code}", env, **settings) as stack, \
+            stack.client() as client:
+        wait_for_pool(client, idle=1)
+        job = chat(client, "hello", wait=60)
+        assert job["status"] == "failed" and job["error"]["code"] == code, job
+        assert message in job["error"]["message"]
+        assert job["finished_at"] - job["created_at"] < 30  # cut off, not read to the end (~80 s)
+        wait_for_pool(client, idle=1)
+
+
+def test_a_model_answering_5xx_breaks_its_session_and_counts_as_a_failure(request, redis_url, docker_engine,
+                                                                          tmp_path_factory):
+    with running_stack(request, redis_url, tmp_path_factory, "failing", {"FAULT_ERROR_STATUS": "503"}) as stack, \
+            stack.client() as client:
+        wait_for_pool(client, idle=1)
+        job = chat(client, "hello")
+        assert job["status"] == "failed" and job["error"]["code"] == "model_error", job
+        assert "503" in job["error"]["message"]
+        assert client.get(f"/v1/sessions/{job['session_id']}").json()["state"] == "broken"
+        metrics = client.get("/metrics").text
+        assert 'greenroom_model_failures_total{pool="chatbot"} 1.0' in metrics
+        wait_for_pool(client, idle=1, assigned=0)

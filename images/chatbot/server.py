@@ -10,6 +10,9 @@ must carry it as a bearer token (401 otherwise); /healthz stays open.
   FAULT_HANG_REPLIES=1         chat requests never get an answer
   REPLY_DELAY_SECONDS=F        sleep F seconds before each reply
   FAULT_CRASH_AT_BOOT=1        exit(3) at once
+  FAULT_TRICKLE_SECONDS=F      send each reply one byte at a time, F seconds apart
+  FAULT_REPLY_PADDING=N        pad each reply with N bytes
+  FAULT_ERROR_STATUS=NNN       answer chat requests with this HTTP status (a failing model)
 """
 
 import hmac
@@ -47,6 +50,9 @@ class Config:
     exit_after_replies: int  # 0 = never
     hang_replies: bool
     reply_delay: float
+    trickle_seconds: float  # 0 = send replies whole
+    reply_padding: int
+    error_status: int  # 0 = answer normally
     api_key: str  # "" = no key required
 
 
@@ -65,6 +71,9 @@ def load_config() -> Config:
         exit_after_replies=int(env("FAULT_EXIT_AFTER_REPLIES") or 0),
         hang_replies=_flag("FAULT_HANG_REPLIES"),
         reply_delay=max(0.0, float(env("REPLY_DELAY_SECONDS") or 0)),
+        trickle_seconds=max(0.0, float(env("FAULT_TRICKLE_SECONDS") or 0)),
+        reply_padding=max(0, int(env("FAULT_REPLY_PADDING") or 0)),
+        error_status=int(env("FAULT_ERROR_STATUS") or 0),
         api_key=env("API_KEY", ""),
     )
 
@@ -224,9 +233,14 @@ class ChatbotHandler(BaseHTTPRequestHandler):
         if config.hang_replies:
             threading.Event().wait()  # FAULT_HANG_REPLIES: never answer
         time.sleep(config.reply_delay)
+        if config.error_status:
+            raise RequestError(config.error_status, "model_failure", "FAULT_ERROR_STATUS: the model failed")
         turn, reply = self.server.memory.reply_to(last_user_text(messages))
         last = turn == config.exit_after_replies
-        self.send_json(200, completion(model, messages, reply, turn, config.instance), last)
+        payload = completion(model, messages, reply, turn, config.instance)
+        if config.reply_padding:
+            payload["padding"] = "x" * config.reply_padding
+        self.send_json(200, payload, last, trickle_seconds=config.trickle_seconds)
         if last:
             os._exit(1)  # FAULT_EXIT_AFTER_REPLIES: the reply is already flushed
 
@@ -260,7 +274,7 @@ class ChatbotHandler(BaseHTTPRequestHandler):
                 break
             remaining -= len(chunk)
 
-    def send_json(self, status: int, payload: dict, close: bool = False):
+    def send_json(self, status: int, payload: dict, close: bool = False, trickle_seconds: float = 0.0):
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -269,7 +283,14 @@ class ChatbotHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            pass
+        elif trickle_seconds:
+            for byte in data:  # FAULT_TRICKLE_SECONDS: a reply that never stops arriving
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(trickle_seconds)
+        else:
             self.wfile.write(data)
         self.wfile.flush()
 
