@@ -49,6 +49,7 @@ def check_session_usable(session_id: str) -> None:
     """A session id names one of the caller's sessions, or a new one the caller starts
     (ids are per tenant: another tenant's session of the same name is another session).
     An ended one cannot take messages."""
-    state = services().pools.session(tenant_session(tenant(), session_id)).get("state")
-    if state in ("closed", "broken"):
-        raise ApiError(409, "session_closed", f"session {session_id!r} is {state}; start a new one")
+    session = services().pools.session(tenant_session(tenant(), session_id))
+    if session.get("state") in ("closed", "broken"):
+        why = f" ({session['why']})" if session.get("why") else ""
+        raise ApiError(409, "session_closed", f"session {session_id!r} is {session['state']}{why}; start a new one")

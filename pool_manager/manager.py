@@ -74,7 +74,8 @@ class PoolManager:
         if result is Refusal.EMPTY:
             return None
         if isinstance(result, Refusal):
-            raise SessionClosed(f"session {session_id!r} is {result.value}")
+            why = self.state.session(session_id).get("why")
+            raise SessionClosed(f"session {session_id!r} is {result.value}" + (f": {why}" if why else ""))
         if result.container.pool != pool:
             raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
         return result
@@ -82,13 +83,14 @@ class PoolManager:
     def renew(self, claim: Claim) -> bool:
         return self.state.renew_lease(claim.container, claim.lease_s)
 
-    def close_session(self, session_id: str, reason: str = "closed") -> bool:
-        """End a session: its container is destroyed, or back to idle when the pool
-        recycles and it is healthy. False when there was no active session."""
+    def close_session(self, session_id: str, reason: str = "closed", why: str = "") -> bool:
+        """End a session (why: told to its next message): its container is destroyed, or
+        back to idle when the pool recycles and it is healthy. False when there was no
+        active session."""
         session = self.state.session(session_id)
         if session.get("state") != "active":
             return False
-        self.state.end_session(session_id, reason)
+        self.state.end_session(session_id, reason, why=why)
         container = self.state.get(session["container"])
         if container is None:
             return True

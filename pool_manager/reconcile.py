@@ -28,6 +28,7 @@ class ReconcileReport:
     reaped: int = 0
     started: int = 0
     retired: int = 0
+    preempted: int = 0  # idle sessions closed to serve the line at max_total
     duration_s: float = 0.0
     started_ids: list[str] = field(default_factory=list)
 
@@ -145,12 +146,16 @@ class ReconcilePass:
         Only passes create containers, one pass at a time, so the runtime holds no more
         than that now."""
         counts = self.state.counts(self.pool)
-        demand = self.spec.target_idle + self.line.trimmed_size(self.pool)
+        waiting = self.line.trimmed_size(self.pool)
+        demand = self.spec.target_idle + waiting
         if counts["idle"] > demand:
             self.retire(counts["idle"] - demand)
             return
         deficit = demand - counts["idle"] - counts["warming"]
         room = self.spec.max_total - max(sum(counts.values()), existing)
+        if (short := min(deficit, waiting) - room) > 0 and self.make_room(short):
+            counts, existing = self.state.counts(self.pool), len(self.runtime.list_managed())
+            room = self.spec.max_total - max(sum(counts.values()), existing)
         wanted = max(0, min(deficit, room))
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
@@ -159,6 +164,25 @@ class ReconcilePass:
                                     range(wanted)))
         self.report.started_ids = [c.id for c in started if c]
         self.report.started = len(self.report.started_ids)
+
+    def make_room(self, short: int) -> int:
+        """At max_total, with `short` waiting jobs no container is on its way for: close up
+        to that many sessions idle for session_min_idle_s, least recently used first (none
+        mid-relay), so their containers serve the line. Returns how many were closed."""
+        now = time.time()
+        closed = 0
+        for container in self.state.least_recently_used(self.pool, now - self.spec.session_min_idle_s,
+                                                        self.spec.session_idle_ttl_s, short):
+            if self.state.locked(f"session:{container.session}"):
+                continue  # a message is being relayed: not idle after all
+            why = (f"closed after {self.spec.session_min_idle_s:g}s unused, to free its container for jobs "
+                   f"waiting at the pool's max_total ({self.spec.max_total})")
+            if self.close_session(container.session, "closed", why):
+                log.info("pool %s: closed idle session %s (%s) for the waiting line", self.pool,
+                         container.session, container.id)
+                closed += 1
+        self.report.preempted = closed
+        return closed
 
     def retire(self, surplus: int) -> None:
         """Take `surplus` idle containers out of service at once, then remove them in parallel."""

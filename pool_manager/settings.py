@@ -51,6 +51,9 @@ class PoolSpec(BaseModel):
     health_path: str = Field("/healthz", pattern=r"^/")
     boot_timeout_s: float = Field(120, gt=0)
     session_idle_ttl_s: float = Field(300, gt=0)
+    # At max_total with jobs waiting, sessions idle this long are closed, least recently used
+    # first, to free their containers (their next message answers session_closed, saying why).
+    session_min_idle_s: float = Field(30, ge=0)
     recycle: bool = False
     env: dict[str, str] = {}
     port: int = Field(8000, ge=1, le=65535)

@@ -65,11 +65,11 @@ for i = 4, #ARGV, 2 do redis.call('HSET', container, ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
-# End a session (closed or broken) unless, given a container, it names another now; it
-# leaves its tenant's active sessions.
+# End a session (closed or broken, and why) unless, given a container, it names another
+# now; it leaves its tenant's active sessions.
 _END_SESSION = """
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'container') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'why', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[4])
 return 1
@@ -242,11 +242,21 @@ class PoolState:
     def expired_leases(self, pool: str) -> list[str]:
         return self.redis.zrangebyscore(self.keys.pool(pool, "assigned"), "-inf", time.time())
 
-    def end_session(self, session_id: str, state: str, container_id: str = "") -> None:
-        """Mark a session closed or broken; the id then answers so for a day. With a
-        container id, only if the session still names it (it may have moved on since)."""
+    def end_session(self, session_id: str, state: str, container_id: str = "", why: str = "") -> None:
+        """Mark a session closed or broken; the id then answers so (and why, if told) for a
+        day. With a container id, only if the session still names it (it may have moved on)."""
         self._end_session(keys=[self.keys.session(session_id), self.keys.tenant(tenant_of(session_id), "sessions")],
-                          args=[state, container_id, CLOSED_SESSION_TTL_S, session_id])
+                          args=[state, container_id, CLOSED_SESSION_TTL_S, session_id, why])
+
+    def least_recently_used(self, pool: str, used_before: float, lease_s: float, count: int) -> list[Container]:
+        """Up to count assigned containers last used before used_before, the longest unused
+        first (an assigned container's score is its last use plus lease_s)."""
+        ids = self.redis.zrangebyscore(self.keys.pool(pool, "assigned"), "-inf", used_before + lease_s,
+                                       start=0, num=count)
+        return [c for c in map(self.get, ids) if c and c.session]
+
+    def locked(self, name: str) -> bool:
+        return bool(self.redis.exists(self.keys.lock(name)))
 
     # pool stats and run-time overrides
     def incr_stat(self, pool: str, name: str, amount: int = 1) -> None:

@@ -227,3 +227,28 @@ def test_a_session_keeps_to_its_model(make_manager):
     two_pools.claim(POOL, "s-model")
     with pytest.raises(SessionModelMismatch):
         two_pools.claim("other", "s-model")
+
+
+def test_at_max_total_the_longest_unused_session_makes_way_for_a_waiting_job(make_manager, docker_engine):
+    manager = make_manager(target_idle=2, max_total=2, session_min_idle_s=1)
+    fill(manager, 2)
+    unused, busy = manager.claim(POOL, "t/unused"), manager.claim(POOL, "t/busy")
+    time.sleep(1.2)  # both idle past session_min_idle_s ...
+    manager.renew(busy)  # ... but `busy` was used just now
+    manager.line.join(POOL, "t", "job-waiting")
+    report = manager.reconcile(POOL)
+    assert report.preempted == 1 and report.started == 1  # its container's room, for the line
+    assert unused.container.id not in labelled(docker_engine, manager)
+    assert manager.state.session("t/busy")["state"] == "active"
+    with pytest.raises(SessionClosed, match="to free its container for jobs waiting"):
+        manager.claim(POOL, "t/unused")
+
+
+def test_a_session_mid_relay_is_never_taken_for_the_line(make_manager):
+    manager = make_manager(target_idle=1, max_total=1, session_min_idle_s=0)
+    fill(manager, 1)
+    claim = manager.claim(POOL, "t/relaying")
+    assert manager.state.try_lock("session:t/relaying", "delivery", 30)  # a relay holds its turn
+    manager.line.join(POOL, "t", "job-waiting")
+    assert manager.reconcile(POOL).preempted == 0
+    assert manager.state.session("t/relaying")["state"] == "active" and claim.new
