@@ -53,6 +53,14 @@ def burst_slowest(result: dict) -> tuple:
     return slowest, limit, f"{slowest:.2f} s (one boot + 1 s = {limit:g} s)", slowest < limit
 
 
+def tenants_follow_up(result: dict) -> tuple:
+    alone, flooded = result["alone"]["follow_up"]["p99"], result["flooded"]["follow_up"]["p99"]
+    refused = sum(count for answer, count in result["noisy"].items() if answer.startswith("429"))
+    measured = (f"{flooded * MS:.1f} ms flooded vs {alone * MS:.1f} ms alone; "
+                f"{refused} of the noisy tenant's submissions answered 429")
+    return flooded, 2 * alone, measured, flooded <= 2 * alone
+
+
 # (scenario, id, the goal, check: scenario result -> (value, limit, measured, met))
 TARGETS = [
     ("overhead", "overhead_p50_jobs",
@@ -70,6 +78,9 @@ TARGETS = [
     ("refill", "refill_create_p50", "Claim to the replacement's create call: p50 under 50 ms", refill_create),
     ("burst", "burst_slowest_wait",
      "Burst of 20 against target_idle 5: slowest wait under one boot time + 1 s", burst_slowest),
+    ("tenants", "tenants_follow_up_p99",
+     "A quiet tenant's follow-up p99 while a noisy tenant floods the API: within 2x its p99 alone",
+     tenants_follow_up),
 ]
 
 

@@ -33,8 +33,8 @@ class TenantLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sessions: int = Field(16, ge=1)  # active, or whose first job is on its way to a container
-    jobs_in_flight: int = Field(64, ge=1)  # submitted and not yet final
+    sessions: int = Field(8, ge=1)  # active, or whose first job is on its way to a container
+    jobs_in_flight: int = Field(32, ge=1)  # submitted and not yet final
     submissions_per_second: int = Field(20, ge=1)
 
 
