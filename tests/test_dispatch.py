@@ -18,8 +18,11 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def stack(redis_url, docker_engine, tmp_path_factory, request):
+    # Sessions of earlier tests stay open: none is closed to make room at max_total here
+    # (test_pool.py tests that), so the tests below can count what they hold.
     pool = {"image": "greenroom/chatbot:latest", "command": ["python3", "images/chatbot/server.py"],
-            "runtime": "docker", "target_idle": 2, "max_total": 20, "env": {"BOOT_SECONDS": "1"}}
+            "runtime": "docker", "target_idle": 2, "max_total": 20, "env": {"BOOT_SECONDS": "1"},
+            "session_min_idle_s": 3600}
     running = Stack(redis_url, "dispatch", tmp_path_factory.mktemp("stack"), pool, claim_timeout_s=30,
                     chat_timeout_s=10, reconcile_interval_s=2, chat_wait_s=20,
                     tenant_overrides={"celery": bench_stack.UNLIMITED | {"submissions_per_second": 3}})
