@@ -9,6 +9,7 @@ from flask import Blueprint, request, url_for
 from pool_manager.schemas import ID_PATTERN, ChatJob, JobView
 
 from .body import json_object
+from .auth import tenant
 from .errors import ApiError
 from .gunicorn_conf import stopping
 from .services import services
@@ -40,7 +41,8 @@ def completions():
     fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
               "session_id": session_id, "options": body}
     job = submit(ChatJob.model_validate(fields))
-    job = services().jobs.wait(job["id"], services().settings.chat_wait_s, stopping)
+    with services().waits.hold(tenant()) as admitted:  # past the caps: a 202 at once, to poll
+        job = services().jobs.wait(job["id"], services().settings.chat_wait_s if admitted else 0, stopping)
     headers = {SESSION_HEADER: job["session_id"]}
     if job["status"] == "succeeded":
         return job["result"], 200, headers

@@ -1,16 +1,35 @@
 """gunicorn settings file (`gunicorn -c python:api.gunicorn_conf`): when a worker is told
 to stop (SIGTERM), its long polls end at once with the job as it stands, so clients poll
-again, against the restarted API, instead of holding the restart up. And the errors
-gunicorn answers itself, for requests it cannot parse (a request line or headers too
-large, a malformed header), are JSON like every other error, not gunicorn's HTML page."""
+again, against the restarted API, instead of holding the restart up. The errors gunicorn
+answers itself, for requests it cannot parse (a request line or headers too large, a
+malformed header), are JSON like every other error, not gunicorn's HTML page. And the
+gevent worker class the API runs under (`--worker-class api.gunicorn_conf.GeventWorker`)
+gives up on a client that takes too long to send its request."""
 
 import json
 import signal
 import threading
 
 from gunicorn import util
+from gunicorn.workers.base_async import AsyncWorker
+from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
+
+from pool_manager.job_events import wake_every_waiter
 
 stopping = threading.Event()
+REQUEST_READ_TIMEOUT_S = 30  # a client slower than this to send (headers: keep-alive, 5 s) is dropped
+
+
+class GeventWorker(GunicornGeventWorker):
+    """gunicorn's gevent worker: a greenlet per connection, so thousands of open long polls
+    and streams cost memory, not threads. Each connection's socket gets a timeout, so a
+    request body sent a byte a minute cannot hold its greenlet forever (gunicorn's own
+    keep-alive timeout covers only the request line and headers)."""
+
+    def handle(self, listener, client, addr):
+        client.setblocking(1)
+        client.settimeout(REQUEST_READ_TIMEOUT_S)
+        AsyncWorker.handle(self, listener, client, addr)
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
@@ -28,6 +47,12 @@ def post_worker_init(worker) -> None:
 
     def on_term(signum, frame):
         stopping.set()
+        if isinstance(worker, GunicornGeventWorker):
+            import gevent  # out of the signal handler, as gunicorn's gevent worker does
+
+            gevent.spawn(wake_every_waiter)
+        else:
+            wake_every_waiter()
         if callable(previous):
             previous(signum, frame)
 

@@ -4,9 +4,10 @@ from flask import Blueprint, request, url_for
 
 from pool_manager.schemas import FINAL, ChatJob, JobView
 
-from .auth import visible
+from .auth import tenant, visible
 from .body import json_object
 from .errors import ApiError
+from .gone import client_gone
 from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
@@ -26,7 +27,12 @@ def read(job_id: str):
     job = visible_job(job_id)
     wait = wait_seconds()
     if wait and job["status"] not in FINAL:
-        job = services().jobs.wait(job_id, wait, stopping) or job
+        jobs = services().jobs
+        with services().waits.hold(tenant()) as admitted, client_gone(lambda: jobs.events.wake(job_id)) as gone:
+            if not admitted:
+                raise ApiError(429, "too_many_waits", "too many long polls are open; poll again in a second",
+                               headers={"Retry-After": "1"})
+            job = jobs.wait(job_id, wait, stopping, gone) or job
     return JobView.of(job).public()
 
 

@@ -48,9 +48,11 @@ ERROR_REASONS = {
     414: "The request line is longer than 4094 bytes",
     415: "The body is not application/json",
     422: "The request breaks the schema or a rule it cannot state; error.field names the culprit",
+    429: "Over a limit: the tenant's (limit_exceeded; error.limit names it) or this server's open long polls "
+         "(too_many_waits). Retry-After says when to try again",
     431: "The request headers are too many (over 100) or one is longer than 8190 bytes",
     502: "The model server failed or the container was lost",
-    503: "No container became free in time, or the job queue is unreachable",
+    503: "No container became free in time, or the job queue or the job store is unreachable or full",
     504: "The model server did not reply in time",
 }
 # Any request can get these: the HTTP server refuses what it cannot parse.
@@ -138,14 +140,14 @@ def _paths(settings: Settings) -> dict:
         "/v1/jobs": {"post": {
             "operationId": "submitJob", "summary": "Submit a chat job",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatJob")}}},
-            "responses": {"202": submitted, **_errors(401, 404, 409, 503, *BODY_ERRORS)}}},
+            "responses": {"202": submitted, **_errors(401, 404, 409, 429, 503, *BODY_ERRORS)}}},
         "/v1/jobs/{job_id}": {
             "parameters": [_path_param("job_id")],
             "get": {"operationId": "getJob", "summary": "A job's status and result; ?wait=N long-polls",
                     "parameters": [{"name": "wait", "in": "query", "description": "seconds to hold the request "
                                     "until the job ends", "schema": {"type": "number", "minimum": 0,
                                                                      "maximum": settings.max_wait_s}}],
-                    "responses": {"200": job, **_errors(401, 404, 422)}},
+                    "responses": {"200": job, **_errors(401, 404, 422, 429)}},
             "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or waiting job (idempotent)",
                        "responses": {"200": job, **_errors(401, 404, 409)}}},
         "/v1/chat/completions": {"post": {
@@ -158,7 +160,7 @@ def _paths(settings: Settings) -> dict:
             "responses": {"200": _body(_ref("ChatCompletion"), "The reply", **{"X-Greenroom-Session": SESSION}),
                           "202": _body(_ref("JobView"), "Still running; poll it at Location", Location=LOCATION,
                                        **{"X-Greenroom-Session": SESSION}) | {"links": job_links},
-                          **_errors(401, 404, 409, 502, 503, 504, *BODY_ERRORS)}}},
+                          **_errors(401, 404, 409, 429, 502, 503, 504, *BODY_ERRORS)}}},
         "/v1/sessions/{session_id}": {
             "parameters": [_path_param("session_id")],
             "get": {"operationId": "getSession", "summary": "A session's state",

@@ -14,6 +14,8 @@ from pool_manager.specs import PoolSpecs
 from pool_manager.state import PoolState, connect_redis
 from workers.config import make_celery
 
+from .waits import OpenWaits
+
 
 @dataclass
 class Services:
@@ -23,6 +25,7 @@ class Services:
     pools: PoolOverview  # reads only
     specs: PoolSpecs  # for scaling (PATCH /v1/pools/<name>)
     celery: Celery
+    waits: OpenWaits  # long polls held open by this process
     broker_redis: Redis | None  # for queue depth, when the broker is Redis
 
     @classmethod
@@ -35,6 +38,7 @@ class Services:
             pools=PoolOverview(settings, redis),
             specs=PoolSpecs(settings, PoolState(redis, settings.deployment)),
             celery=make_celery(settings),
+            waits=OpenWaits(settings.max_open_waits, settings.max_open_waits_per_tenant),
             broker_redis=connect_redis(settings.broker)
             if settings.broker.startswith(("redis://", "rediss://", "unix://")) else None,
         )

@@ -15,6 +15,7 @@ from pool_manager.statedir import private_state_dir
 from workers.names import CHAT_QUEUE, POOL_QUEUE
 
 CELERY_APP = "workers.app"
+WORKER_CLASSES = {"gevent": "api.gunicorn_conf.GeventWorker", "gthread": "gthread"}
 API_APP = "api:create_app()"
 QUEUES = {"chat": CHAT_QUEUE, "pool": POOL_QUEUE}
 POOL_CONCURRENCY = 4  # maintenance: reconcile passes, session closes
@@ -73,18 +74,23 @@ def _url(host: str, port: int) -> str:
 
 @click.command()
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Processes.")
+@click.option("--worker-class", type=click.Choice(list(WORKER_CLASSES)), default="gevent", show_default=True,
+              help="gevent: a greenlet per open request (long polls and streams cost memory, not "
+                   "threads); gthread: a thread per open request.")
 @click.option("--threads", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Threads per process; each long poll holds one.")
+              help="gthread only: threads per process; each long poll holds one.")
 @click.option("--access-log", is_flag=True, help="Log request lines to stdout (off by default).")
-def api(workers: int, threads: int, access_log: bool) -> None:
+def api(workers: int, worker_class: str, threads: int, access_log: bool) -> None:
     """The HTTP API under gunicorn, on api_host:api_port."""
-    _become(_api_argv(get_settings(), workers, threads, access_log))
+    _become(_api_argv(get_settings(), workers, worker_class, threads, access_log))
 
 
-def _api_argv(settings: Settings, workers: int, threads: int, access_log: bool) -> list[str]:
+def _api_argv(settings: Settings, workers: int, worker_class: str, threads: int, access_log: bool) -> list[str]:
     argv = _program(
         "gunicorn", "--bind", _host_port(settings.api_host, settings.api_port),
-        "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
+        "--worker-class", WORKER_CLASSES[worker_class], "--workers", str(workers), "--threads", str(threads),
+        "--worker-connections", str(settings.api_max_open_requests),
+        "--keep-alive", "5",  # also how long a client may take to send a request's headers
         "--config", "python:api.gunicorn_conf",  # a stopping worker ends its long polls at once
         "--graceful-timeout", "10",
         "--no-control-socket",

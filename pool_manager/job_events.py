@@ -10,12 +10,20 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from weakref import WeakSet
 
 from redis import Redis, RedisError
 
 log = logging.getLogger(__name__)
 RECONNECT_PAUSE_S = 1.0
 LISTEN_TIMEOUT_S = 1.0  # how often the listener looks up to see whether it should stop
+_everyone: WeakSet["JobEvents"] = WeakSet()
+
+
+def wake_every_waiter() -> None:
+    """Wake every long poll of this process at once (its server is stopping)."""
+    for events in list(_everyone):
+        events._wake(None)
 
 
 class JobEvents:
@@ -26,6 +34,7 @@ class JobEvents:
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
+        _everyone.add(self)
 
     @contextmanager
     def watch(self, job_id: str) -> Iterator[threading.Event]:
@@ -73,6 +82,10 @@ class JobEvents:
         self._closed.set()
         if self._listener is not None:
             self._listener.join(LISTEN_TIMEOUT_S + 1)
+
+    def wake(self, job_id: str) -> None:
+        """Wake the job's waiters as if it had changed (they re-read it)."""
+        self._wake(job_id)
 
     def _wake(self, job_id: str | None) -> None:
         """Wake the job's waiters, or everyone's (None)."""

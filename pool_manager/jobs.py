@@ -26,8 +26,9 @@ from .errors import GreenroomError, LimitExceeded
 from .schemas import CANCELLABLE, FINAL
 from .settings import TenantLimits
 
-REREAD_S = 1.0  # a long poll re-reads its job at least this often, events or not
-STOP_CHECK_S = 0.25  # and checks this often whether its server is stopping
+# A long poll re-reads its job at least this often, events or not: events are lost only
+# while the listener reconnects, and it wakes every poll when it has.
+REREAD_S = 10.0
 
 # Admit and record a job, unless its id exists ('exists') or its tenant is over a limit
 # (the limit's name): submissions this second, jobs not yet final, sessions (active ones
@@ -236,18 +237,19 @@ class JobStore:
             sent.append(job_id)
         return sent
 
-    def wait(self, job_id: str, timeout: float, stop: threading.Event | None = None) -> dict | None:
-        """The job once final, or as it stands when timeout passes or stop is set (long
-        polling). Woken by the job's events; re-read every REREAD_S all the same, so a
-        lost event delays an answer, never loses it."""
+    def wait(self, job_id: str, timeout: float, *stops: threading.Event) -> dict | None:
+        """The job once final, or as it stands when timeout passes or one of stops is set
+        (long polling; whoever sets a stop wakes the waiters: job_events.wake_every_waiter,
+        or events.wake(job_id)). Woken by the job's events; re-read every REREAD_S all the
+        same, so a lost event delays an answer, never loses it."""
         deadline = time.monotonic() + timeout
         with self.events.watch(job_id) as changed:  # watch first, then read: no event is missed
             job = self.get(job_id)
             reread_at = time.monotonic() + REREAD_S
             while job and job["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
-                if stop is not None and stop.is_set():
+                if any(stop.is_set() for stop in stops):
                     break
-                if changed.wait(min(left, STOP_CHECK_S)) or time.monotonic() >= reread_at:
+                if changed.wait(min(left, REREAD_S)) or time.monotonic() >= reread_at:
                     changed.clear()
                     job = self.get(job_id)
                     reread_at = time.monotonic() + REREAD_S

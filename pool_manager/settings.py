@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_wait_s: float = Field(60, gt=0)  # longest long poll (?wait=N)
+    api_max_open_requests: int = Field(10_000, ge=10)  # per API process (gevent worker connections)
+    max_open_waits: int = Field(5_000, ge=1)  # long polls and streams held at once, per API process
+    max_open_waits_per_tenant: int = Field(1_000, ge=1)  # the same, per tenant and API process
     chat_wait_s: float = Field(60, ge=0)  # /v1/chat/completions answers 202 after this
 
     # Flower: basic auth, read-only unless told otherwise

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -22,6 +22,7 @@ from .schemas import tenant_of
 # A Redis restart (a few seconds) is ridden out: a command that meets a connection error
 # or timeout is retried with backoff, about 10 s in all, before the error surfaces.
 REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
+REDIS_CONNECTIONS = 64  # per client (process): more callers wait their turn
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 
 # Claim for a session: its existing container, else the longest-idle one. New sessions
@@ -97,9 +98,13 @@ return 0
 
 
 def connect_redis(url: str, **options) -> Redis:
-    """A client (text replies) that retries through a short outage; redis-py's own
-    from_url client gives up at the first refused connection."""
-    return Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY, **options)
+    """A client (text replies) that retries through a short outage (redis-py's own from_url
+    client gives up at the first refused connection), on at most REDIS_CONNECTIONS
+    connections: a caller waits for a free one (up to 20 s) rather than opening more, so
+    two thousand long polls of one API process share a few dozen connections."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=20,
+                                           decode_responses=True, retry=REDIS_RETRY, **options)
+    return Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Many open long polls against one API process (gunicorn's gevent worker, as `greenroom
+api` runs it): the requests beside them are still answered, each tenant and the process
+hold only so many, and a client that never finishes sending its request is dropped.
+An API-only stack: no workers, so every polled job stays queued and every poll is held."""
+
+import socket
+
+import httpx
+import pytest
+
+from conftest import wait_until
+from stack import TOKENS, Stack
+
+pytestmark = pytest.mark.timeout(120)
+PER_TENANT = 60
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, tmp_path_factory):
+    pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
+    running = Stack(redis_url, "open-requests", tmp_path_factory.mktemp("open"), pool,
+                    max_open_waits_per_tenant=PER_TENANT, max_open_waits=300)
+    running.start("api")
+    yield running
+    running.stop()
+
+
+def queued_job(stack, tenant: str) -> str:
+    with stack.client(tenant) as client:
+        return client.post("/v1/jobs", json={"model": "chatbot", "messages": [{"role": "user", "content": "x"}]}
+                           ).json()["id"]
+
+
+def open_polls(stack, tenant: str, job_id: str, count: int, wait: float = 60) -> list[socket.socket]:
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    request = (f"GET /v1/jobs/{job_id}?wait={wait} HTTP/1.1\r\nHost: {host}\r\n"
+               f"Authorization: Bearer {TOKENS[tenant]}\r\n\r\n").encode()
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(request)
+        sockets.append(sock)
+    return sockets
+
+
+def answered(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) is not None
+    except BlockingIOError:
+        return False
+
+
+def test_health_and_submissions_are_answered_while_a_hundred_polls_are_held(stack):
+    """100 open polls: more than the 64 threads (2 x 32) the API had before, and than the
+    16 this test stack would have with gthread; each held a thread there, so /healthz waited
+    behind them (27 s with 80)."""
+    polls = [*open_polls(stack, "initech", queued_job(stack, "initech"), 50),
+             *open_polls(stack, "admin", queued_job(stack, "admin"), 50)]
+    try:
+        assert httpx.get(f"{stack.api_url}/healthz", timeout=5).status_code == 200
+        with stack.client("admin", timeout=5) as admin:
+            assert admin.post("/v1/jobs", json={"model": "chatbot", "messages": [
+                {"role": "user", "content": "x"}]}).status_code == 202
+        assert not any(answered(poll) for poll in polls)  # every poll still held
+    finally:
+        for poll in polls:
+            poll.close()
+
+
+def test_a_tenant_holds_only_so_many_polls_then_gets_429(stack):
+    """A poll counts while it is held; one whose client goes away stops counting at once."""
+    job_id = queued_job(stack, "acme")
+    polls = open_polls(stack, "acme", job_id, PER_TENANT)
+    try:
+        with stack.client("acme", timeout=10) as acme:
+            refused = acme.get(f"/v1/jobs/{job_id}", params={"wait": 30})
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "too_many_waits"
+            with stack.client("globex", timeout=10) as globex:  # another tenant's polls are its own
+                assert globex.get(f"/v1/jobs/{queued_job(stack, 'globex')}", params={"wait": 0.5}).status_code == 200
+            for poll in polls:  # the clients go away ...
+                poll.close()
+            wait_until(lambda: acme.get(f"/v1/jobs/{job_id}", params={"wait": 0.1}).status_code == 200, 10,
+                       message="room again")  # ... and their polls end (their waits had 60 s to go)
+    finally:
+        for poll in polls:
+            poll.close()
+
+
+def test_a_client_that_never_finishes_its_request_is_dropped(stack):
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as half_sent:
+        half_sent.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        assert half_sent.recv(1024) == b""  # closed by the server (keep-alive, 5 s), not answered
