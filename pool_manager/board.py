@@ -92,7 +92,7 @@ class PoolBoards:
                 pipe.hgetall(self.state.keys.container(container_id))
             records = pipe.execute()
         tiles = [_tile(state, cid, score, record, now) for (state, cid, score), record in zip(wanted, records, strict=True)
-                 if record and (record.get("state") == "gone") == (state == "retiring")]
+                 if record]  # gone meanwhile: no tile
         return [tile for _, tile in sorted(tiles, key=lambda pair: pair[0])]
 
 

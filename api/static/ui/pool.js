@@ -72,6 +72,10 @@
     return chart;
   }
 
+  function axis(pool) {
+    return h("div", {class: "axis"}, h("span", {}, `${minutes(pool)} min ago`), h("span", {}, "now"));
+  }
+
   function warmChart(pool) {
     const slots = pool.slots;
     const claims = slots.reduce((n, s) => n + s.claims, 0);
@@ -81,7 +85,7 @@
     return h("figure", {class: "chart", "data-chart": "warm-share"},
       h("figcaption", {}, `Warm share, last ${minutes(pool)} min: ${share} (goal ${Math.round(goal * 100)}%)`),
       bars(slots, (s) => (s.claims ? s.warm / s.claims : null),
-           (s, v) => (v >= goal ? "ok" : "low"), goal));
+           (s, v) => (v >= goal ? "ok" : "low"), goal), axis(pool));
   }
 
   function waitChart(pool) {
@@ -89,7 +93,7 @@
     const top = Math.max(0.01, ...slots.map((s) => s.wait_p95_s || 0));
     return h("figure", {class: "chart", "data-chart": "claim-wait"},
       h("figcaption", {}, `Claim wait p95 per ${pool.slot_s} s (bucket bounds), top ${waitText(top)}`),
-      bars(slots, (s) => (s.claims ? (s.wait_p95_s || 0) / top : null), () => "wait"));
+      bars(slots, (s) => (s.claims ? (s.wait_p95_s || 0) / top : null), () => "wait"), axis(pool));
   }
 
   function minutes(pool) {
