@@ -12,7 +12,8 @@ from .errors import ApiError
 from .services import services
 from .ui_sessions import COOKIE, SESSION_S, UiSessions, signed_in
 
-bp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="static/ui", template_folder="templates")
+bp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="static/ui", static_url_path="/static",
+               template_folder="templates")
 MAX_TOKEN_CHARS = 4096
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -80,10 +81,10 @@ def state():
 
 @bp.post("/login")
 def login():
-    token = request.form.get("token", "").strip()
+    token = request.form.get("token", "")
     if not token or len(token) > MAX_TOKEN_CHARS:
         return _login_form("Give your admin token.", 422)
-    token_digest = digest(token)
+    token_digest = digest(token.strip())
     tenant = current_app.extensions["greenroom_tokens"].get(token_digest)
     if tenant is None or tenant not in services().settings.admin_tenants:
         # 200: the form again, saying why (a form's answer, as browsers expect it)

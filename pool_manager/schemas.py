@@ -223,8 +223,8 @@ class Slot(BaseModel):
     start: float
     claims: int = Field(ge=0)
     warm: int = Field(ge=0)
-    wait_p50_s: float | None
-    wait_p95_s: float | None
+    wait_p50_s: float | None = absent("none without claims")
+    wait_p95_s: float | None = absent("none without claims")
 
 
 class PoolEvent(BaseModel):
@@ -244,7 +244,7 @@ class PoolBoard(BaseModel):
     name: str
     runtime: str
     degraded: bool
-    runtime_error: str | None
+    runtime_error: str | None = absent("why the last reconcile could not reach the runtime")
     target: Target
     counts: TileCounts
     tiles: list[Tile]
@@ -255,7 +255,7 @@ class PoolBoard(BaseModel):
     slot_s: int
     slots: list[Slot] = Field(description="oldest first")
     events: list[PoolEvent] = Field(description="newest first")
-    reconciled_at: float | None = Field(description="when the last reconcile pass ended (null: never)")
+    reconciled_at: float | None = absent("when the last reconcile pass ended (absent: never)")
 
 
 class Board(BaseModel):
