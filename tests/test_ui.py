@@ -120,6 +120,7 @@ def test_the_page_in_a_browser(stack, browser, request):
             wait_until(lambda: tiles(browser, "assigned") == [claimed], LIVE_S, message="the claimed tile")
             assert browser.execute_script("return window.greenroomNoReload") is True
             assert browser.find_element(By.CSS_SELECTOR, f".tile[data-id='{claimed}'] .session").text == "acme/ui-first"
+            screenshot(browser, "pool-page-claimed")
 
             # fill the pool to max_total, then two more sessions wait in line
             for i in range(MAX_TOTAL - 1):
