@@ -60,7 +60,8 @@ class PoolBoards:
         if not overrides:
             source, why = "configured", f"as configured ({was})"
         else:
-            source, why = "override", f"set at run time (greenroom pool scale, PATCH /v1/pools/{name}); configured: {was}"
+            source = "override"
+            why = f"set at run time (greenroom pool scale, PATCH /v1/pools/{name}); configured: {was}"
             if overrides.get("target_idle", effective.target_idle) > effective.target_idle:
                 why += f"; held to max_total {effective.max_total}"
         return Target(idle=effective.target_idle, max_total=effective.max_total, configured_idle=configured.target_idle,
@@ -91,8 +92,8 @@ class PoolBoards:
             for _, container_id, _ in wanted:
                 pipe.hgetall(self.state.keys.container(container_id))
             records = pipe.execute()
-        tiles = [_tile(state, cid, score, record, now) for (state, cid, score), record in zip(wanted, records, strict=True)
-                 if record]  # gone meanwhile: no tile
+        tiles = [_tile(state, cid, score, record, now)
+                 for (state, cid, score), record in zip(wanted, records, strict=True) if record]  # else gone meanwhile
         return [tile for _, tile in sorted(tiles, key=lambda pair: pair[0])]
 
 

@@ -18,9 +18,12 @@ import httpx
 import pytest
 import redis
 
+from api.ui_sessions import UiSessions
 from pool_manager.board import PoolBoards
+from pool_manager.lifecycle import Lifecycle
 from pool_manager.line import WaitingLine
 from pool_manager.metrics import Metrics
+from pool_manager.ports import PortAllocator
 from pool_manager.settings import REFERENCE_SERVER, load_settings, reference_pool
 from pool_manager.specs import PoolSpecs
 from pool_manager.state import Container, PoolState, connect_redis
@@ -134,14 +137,18 @@ def test_the_page_in_a_browser(stack, browser, request):
                        message="the line on the page")
             assert len(tiles(browser, "assigned")) == MAX_TOTAL
             screenshot(browser, "pool-page")
+            figures = _metrics(httpx.get(f"{stack.api_url}/metrics").text)  # the same line, for Prometheus
+            assert figures['greenroom_tenant_waiting_jobs{pool="chatbot",tenant="acme"}'] == 1
+            assert figures['greenroom_tenant_waiting_jobs{pool="chatbot",tenant="globex"}'] == 1
+            assert figures['greenroom_oldest_waiting_job_seconds{pool="chatbot"}'] > 0
 
         credential = browser.get_cookie("greenroom_ui")["value"]
         assert credential not in TOKENS.values()
         browser.find_element(By.CSS_SELECTOR, "header form button").click()  # sign out
         wait_until(lambda: browser.find_elements(By.ID, "login"), LIVE_S, message="the form after signing out")
         assert browser.get_cookie("greenroom_ui") is None
-        cookies = {"greenroom_ui": credential}
-        assert httpx.get(f"{stack.api_url}/ui/state", cookies=cookies).status_code == 401  # ended server-side
+        cookie = {"Cookie": f"greenroom_ui={credential}"}
+        assert httpx.get(f"{stack.api_url}/ui/state", headers=cookie).status_code == 401  # ended server-side
 
         for token, message in (("not-the-token-0123456789", "That token is not valid."),
                                (TOKENS["acme"], "The pool page needs an admin's token.")):
@@ -154,6 +161,11 @@ def test_the_page_in_a_browser(stack, browser, request):
         screenshot(browser, f"failed-{request.node.name}")
         print(stack.logs())
         raise
+
+
+def _metrics(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def _job(session_id: str) -> dict:
@@ -183,14 +195,14 @@ def test_sign_in_sets_a_secure_session_cookie_that_is_not_the_token(stack):
             assert attribute in cookie, cookie
         assert TOKENS["admin"] not in cookie
         credential = signed.cookies["greenroom_ui"]
-        # httpx keeps Secure cookies for https only: send it by hand, as a browser on localhost does
-        page = client.get("/ui", cookies={"greenroom_ui": credential})
+        # sent by hand: httpx keeps a Secure cookie for https only (a browser, on localhost too)
+        page = client.get("/ui", headers={"Cookie": f"greenroom_ui={credential}"})
         assert page.status_code == 200 and 'id="pools"' in page.text
         assert "script-src 'self'" in page.headers["Content-Security-Policy"]
-        state = client.get("/ui/state", cookies={"greenroom_ui": credential}).json()
+        state = client.get("/ui/state", headers={"Cookie": f"greenroom_ui={credential}"}).json()
         assert state["tenant"] == "admin" and [p["name"] for p in state["pools"]] == ["chatbot"]
-        assert client.get("/ui/state", cookies={"greenroom_ui": credential + "x"}).status_code == 401
-        assert client.get("/v1/pools", cookies={"greenroom_ui": credential}).status_code == 401  # /ui only
+        assert client.get("/ui/state", headers={"Cookie": f"greenroom_ui={credential}x"}).status_code == 401
+        assert client.get("/v1/pools", headers={"Cookie": f"greenroom_ui={credential}"}).status_code == 401  # /ui only
 
     with redis.Redis.from_url(stack.redis_url, decode_responses=True) as store:
         stored = [k for k in store.scan_iter(f"greenroom:{stack.deployment}:ui-session:*")]
@@ -209,6 +221,19 @@ def test_the_state_needs_an_admin(stack):
     board = get(TOKENS["admin"]).json()
     assert board["pools"][0]["target"]["idle"] == TARGET_IDLE
     assert {e["kind"] for e in board["pools"][0]["events"]} == {"booted"}  # the boots so far
+
+
+def test_a_session_ends_when_its_token_is_no_longer_configured(redis_url, deployment):
+    client = connect_redis(redis_url)
+    sessions = UiSessions(client, deployment)
+    tokens = {"d1gest": "admin"}
+    credential = sessions.open("admin", "d1gest")
+    assert sessions.tenant(credential, tokens) == "admin"
+    assert sessions.tenant(credential, {"other": "admin"}) is None  # the token was removed (or rotated)
+    assert sessions.tenant(credential + "x", tokens) is None
+    sessions.close(credential)
+    assert sessions.tenant(credential, tokens) is None
+    client.close()
 
 
 def test_up_prints_the_pool_page(capsys, tmp_path):
@@ -273,6 +298,19 @@ def test_the_target_says_where_it_comes_from(board_parts):
     target = boards.board("admin").pools[0].target
     assert (target.idle, target.configured_idle, target.source) == (4, 2, "override")
     assert "set at run time" in target.why and "target_idle 2" in target.why
+
+
+def test_boots_and_failed_boots_are_logged_newest_first(board_parts):
+    settings, client, state = board_parts
+    lifecycle = Lifecycle(state, PortAllocator(client, settings.port_range), Metrics(client, settings.deployment),
+                          settings.boot_backoff_s)
+    booted = Container("gr-chatbot-b", "chatbot", "warming", 20001, "http://x", time.time() - 2, "k")
+    state.add(booted)
+    assert lifecycle.promote(booted, "http://x")
+    lifecycle.count_failure(Container("gr-chatbot-f", "chatbot", "warming", 20002, "http://x", time.time() - 5, "k"))
+    events = PoolBoards(settings, client).board("admin").pools[0].events
+    assert [(e.kind, e.container) for e in events] == [("failed", "gr-chatbot-f"), ("booted", "gr-chatbot-b")]
+    assert events[0].seconds >= 5 and 2 <= events[1].seconds < 5
 
 
 def test_claims_of_the_last_minutes_count_warm_ones_apart(board_parts):

@@ -54,8 +54,8 @@ def quantiles(metric: str, extra: str = "") -> list[tuple[str, str]]:
 
 def health_row() -> list:
     return [
-        single("Redis reachable", "1 while the API reaches Redis (greenroom_redis_up); alert: GreenroomRedisUnreachable",
-               "none", "max(greenroom_redis_up)", "redis"),
+        single("Redis reachable", "1 while the API reaches Redis (greenroom_redis_up); alert: "
+               "GreenroomRedisUnreachable", "none", "max(greenroom_redis_up)", "redis"),
         single("Pools degraded", "Pools whose boots all fail or whose runtime does not answer; alert: "
                "GreenroomPoolDegraded", "none", f"sum(max by (pool) (greenroom_pool_degraded{{{POOL}}}))", "degraded"),
         single("Since the last reconcile", "Seconds since a maintenance worker last reconciled each pool; alert: "
@@ -121,8 +121,8 @@ def build() -> dashboard.Dashboard:
              .description("Warm pools of model servers: containers, warm share, waits, boots, tenants")
              .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
              .with_variable(dashboard.QueryVariable("pool").label("Pool").datasource(DATASOURCE)
-                            .query("label_values(greenroom_containers, pool)").refresh(VariableRefresh.ON_DASHBOARD_LOAD)
-                            .multi(True).include_all(True)))
+                            .query("label_values(greenroom_containers, pool)")
+                            .refresh(VariableRefresh.ON_DASHBOARD_LOAD).multi(True).include_all(True)))
     board = board.with_row(dashboard.Row("Health"))
     for panel in health_row():
         board = board.with_panel(panel)
