@@ -34,6 +34,8 @@ def init_app(app: Flask) -> None:
     def _authenticate():
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return  # None: no such route, which answers 404 without telling more
+        if request.blueprint == "ui":
+            return  # the pool page signs in by bearer token or its own session cookie (api/ui.py)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         tenant = app.extensions["greenroom_tokens"].get(digest(token.strip())) if scheme.lower() == "bearer" else None
         if tenant is None:

@@ -1,17 +1,24 @@
 """GET /metrics: Prometheus text, read from Redis at scrape time, so it is the same
-whichever API process answers and includes what the workers recorded."""
+whichever API process answers and includes what the workers recorded.
+
+Without Redis there are no figures to read: the answer is then greenroom_redis_up 0
+alone, at once (one try, one second), so that Prometheus tells a Redis outage (that
+gauge) from an API outage (`up` 0). deploy/prometheus/ has the alert rules on these."""
 
 import math
+import time
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from redis import Redis
+from redis import Redis, RedisError
 
 from pool_manager.keys import POOL_STATES
+from pool_manager.settings import SEND_TASK_TENANT
 from pool_manager.metrics import HISTOGRAMS
 from workers.names import CHAT_QUEUE, POOL_QUEUE
 
+from .health import _redis_ok
 from .services import Services, services
 
 bp = Blueprint("metrics", __name__)
@@ -43,6 +50,8 @@ class PoolCollector:
                           {p: s.target_idle for p, s in statuses.items()})
         yield self._gauge("greenroom_pool_degraded", "1 while the pool's recent boots all failed (backing off)",
                           {p: int(s.degraded) for p, s in statuses.items()})
+        yield from self._pool_gauges(statuses)
+        yield from self._tenant_gauges(list(statuses))
         pools = list(statuses)
         yield from self._counters(pools)
         yield from self._histograms(pools)
@@ -51,6 +60,41 @@ class PoolCollector:
             for queue in (CHAT_QUEUE, POOL_QUEUE):
                 depth.add_metric([queue], self.broker.llen(queue))
             yield depth
+
+    def _pool_gauges(self, statuses):
+        overview, now = self.svc.pools, time.time()
+        yield self._gauge("greenroom_max_total", "Most containers the pool may have at once",
+                          {p: s.max_total for p, s in statuses.items()})
+        yield self._gauge("greenroom_warm_share_goal_ratio", "The share of new sessions that should find a "
+                          "container idle (the pool's warm_share_goal)",
+                          {p: overview.settings.pools[p].warm_share_goal for p in statuses})
+        yield self._gauge("greenroom_last_reconcile_timestamp_seconds", "When the pool's last reconcile pass ended, "
+                          "in Unix time (0: never); the maintenance worker's heartbeat",
+                          {p: overview.reconciled_at(p) or 0 for p in statuses})
+        lines = {p: overview.line(p) for p in statuses}
+        yield self._gauge("greenroom_oldest_waiting_job_seconds", "How long the pool's longest-waiting job has "
+                          "waited for a container (0: none waits)",
+                          {p: max((now - joined for _, _, joined in line), default=0) for p, line in lines.items()})
+        family = GaugeMetricFamily("greenroom_tenant_waiting_jobs", "Jobs waiting for a container, by tenant",
+                                   labels=["pool", "tenant"])
+        for pool, line in lines.items():
+            for tenant in sorted({tenant for _, tenant, _ in line} | self._tenants()):
+                family.add_metric([pool, tenant], sum(1 for _, t, _ in line if t == tenant))
+        yield family
+
+    def _tenant_gauges(self, pools):
+        loads = {tenant: self.svc.pools.tenant_load(tenant) for tenant in sorted(self._tenants())}
+        for name, field, help_text in (("greenroom_tenant_sessions", "sessions", "Active sessions, by tenant"),
+                                       ("greenroom_tenant_jobs_in_flight", "jobs_in_flight",
+                                        "Jobs submitted and not yet finished, by tenant")):
+            family = GaugeMetricFamily(name, help_text, labels=["tenant"])
+            for tenant, load in loads.items():
+                family.add_metric([tenant], load[field])
+            yield family
+
+    def _tenants(self) -> set[str]:
+        """The configured tenants and send_task's: a bounded set of label values."""
+        return {*self.svc.settings.api_keys, SEND_TASK_TENANT}
 
     @staticmethod
     def _containers(statuses):
@@ -86,9 +130,28 @@ class PoolCollector:
             yield family
 
 
+class RedisUp:
+    def __init__(self, up: bool):
+        self.up = up
+
+    def collect(self):
+        yield GaugeMetricFamily("greenroom_redis_up", "1 when the API reached Redis for this scrape, else 0 (and "
+                                "no other greenroom figure is given)", value=int(self.up))
+
+
 @bp.get("/metrics")
 def metrics():
     svc = services()
+    text = _exposition(RedisUp(True), PoolCollector(svc, svc.broker_redis)) if _redis_ok(svc) else None
+    return Response(text or _exposition(RedisUp(False)), content_type=CONTENT_TYPE_LATEST)
+
+
+def _exposition(*collectors) -> bytes | None:
+    """The collectors' text; None if Redis failed meanwhile (past the client's retries)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(svc, svc.broker_redis))
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    for collector in collectors:
+        registry.register(collector)
+    try:
+        return generate_latest(registry)
+    except RedisError:
+        return None

@@ -6,10 +6,11 @@ tests/test_fuzz.py fuzzes the API from it and fails where the API and it disagre
 from flask import Blueprint
 from pydantic import BaseModel
 
-from pool_manager.schemas import ID_PATTERN, RESERVED_OPTIONS, ChatJob, JobView, PoolChange, PoolStatus
+from pool_manager.schemas import ID_PATTERN, RESERVED_OPTIONS, Board, ChatJob, JobView, PoolChange, PoolStatus
 from pool_manager.settings import NAME, Settings
 
 from .services import services
+from .ui_sessions import COOKIE
 
 bp = Blueprint("openapi", __name__)
 
@@ -84,7 +85,7 @@ def _schemas(settings: Settings) -> dict:
     job["properties"]["options"]["propertyNames"] = {"not": {"enum": sorted(RESERVED_OPTIONS)}}
     job["properties"]["options"]["description"] = "passed to the model server (temperature, max_tokens, ...)"
     number = {"type": "number"}
-    return nested | _model_schemas(JobView, PoolStatus, PoolChange) | {
+    return nested | _model_schemas(JobView, PoolStatus, PoolChange, Board) | {
         "ChatJob": job,
         "OpenAIChatRequest": {
             "type": "object", "required": ["model", "messages"], "additionalProperties": True,
@@ -188,8 +189,53 @@ def _paths(settings: Settings) -> dict:
                              "responses": {"200": {"description": "Prometheus text exposition",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                                            **_errors()}}},
+        **_ui_paths(),
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {"200": json_body | {"description": "OpenAPI 3.1"}, **_errors()}}},
+    }
+
+
+HTML = "text/html"
+UI_SECURITY = [{"bearer": []}, {"uiSession": []}]
+
+
+def _html(description: str) -> dict:
+    return {"description": description, "content": {HTML: {"schema": {"type": "string"}}}}
+
+
+def _see_other(description: str) -> dict:
+    return {"description": description, "headers": {
+        "Location": _header("/ui"),
+        "Set-Cookie": _header(f"{COOKIE}: Secure, HttpOnly, SameSite=Strict, Path=/ui")}}
+
+
+def _ui_paths() -> dict:
+    """The pool page: HTML for browsers, its figures as JSON; an admin's, by bearer token or
+    the login form's session cookie."""
+    form = {"type": "object", "required": ["token"],
+            "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 4096,
+                                     "description": "an admin's API token"}}}
+    signin = "The sign-in form: no valid token or session"
+    return {
+        "/ui": {"get": {
+            "operationId": "poolPage", "summary": "The live pool page (admin)", "security": UI_SECURITY,
+            "responses": {"200": _html("The page; it polls /ui/state"), "401": _html(signin),
+                          "403": _html("The sign-in form: the token's tenant is not an admin"), **_errors()}}},
+        "/ui/state": {"get": {
+            "operationId": "poolPageState", "summary": "What the pool page shows, as JSON (admin)",
+            "security": UI_SECURITY,
+            "responses": {"200": _body(_ref("Board"), "Every pool: containers, line, target, recent claims"),
+                          **_errors(401, 403)}}},
+        "/ui/login": {"post": {
+            "operationId": "poolPageLogin", "summary": "Sign in to the pool page with an admin token", "security": [],
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+            "responses": {"303": _see_other("Signed in: a session cookie, and on to the page"),
+                          "200": _html("The form again: the token is not valid, or not an admin's"),
+                          "422": _html("The form again: no token given"), **_errors(413)}}},
+        "/ui/logout": {"post": {
+            "operationId": "poolPageLogout", "summary": "Sign out of the pool page", "security": [],
+            "responses": {"303": _see_other("Signed out: the cookie cleared, and back to the sign-in form"),
+                          **_errors()}}},
     }
 
 
@@ -210,7 +256,9 @@ def document():
                  "description": "Chat jobs served by AI model servers that were booted before the job arrived. "
                                 "Every error is JSON: {\"error\": {\"code\", \"message\"}}."},
         "components": {"schemas": _schemas(settings) | {"Readiness": READINESS},
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "uiSession": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                                                         "description": "the pool page's login (/ui only)"}}},
         "security": [{"bearer": []}],
         "paths": _paths(settings),
     }

@@ -114,6 +114,7 @@ def _print_welcome(settings: Settings, secrets_path: Path, generated: dict[str, 
     lines = [
         "greenroom is starting; Ctrl-C stops everything.",
         f"  API     {api_url}   (OpenAPI: {api_url}/openapi.json)",
+        f"  Pools   {api_url}/ui   (the live pool page: sign in with the token)",
         f"  Flower  {_url(settings.flower_host, settings.flower_port)}   "
         f"user {settings.flower_user!r}, {password_note}",
         f"  token   {token_note}",

@@ -4,7 +4,10 @@
         pool:<pool>:warming|idle|assigned   sorted sets of container ids by state (scores: created
                                             at, ready at, lease expiry)
         pool:<pool>:waiting                 the pool's line of jobs (score: when each joined)
-        pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt, run-time scale
+        pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt (and when a
+                                            reconcile last ran), run-time scale
+        pool:<pool>:retiring                containers being removed (sorted set, score: since when)
+        pool:<pool>:events                  recent boots and failed boots (stream, capped)
         c:<container>                       a container's record (hash)
         session:<tenant>/<id>               a session (hash: container, pool, state); ids are per tenant
         session-started:<id>                set once a session's first job is accepted
@@ -13,6 +16,8 @@
         job-leases                          live deliveries' lease expiries (sorted set of job ids)
         lock:<name>, flag:<name>            locks (reconcile per pool, turn per session), re-run flags
         hist:<name>:<pool>                  a histogram's buckets, count and sum (hash)
+        recent:<name>:<pool>:<slot>         the same for one short slot of time (hash, expires)
+        ui-session:<digest>                 a pool page login: tenant, token digest (hash, expires)
         tenant:<tenant>:jobs                its jobs not yet final (sorted set, score: created at)
         tenant:<tenant>:sessions            its active sessions (set of session names)
         tenant:<tenant>:new-sessions        its jobs that start a session and have not claimed yet
@@ -29,7 +34,8 @@ class Keys:
         self.prefix = f"greenroom:{deployment}:"
 
     def pool(self, pool: str, part: str) -> str:
-        """part: a state (warming, idle, assigned), waiting, stats, info or overrides."""
+        """part: a state (warming, idle, assigned), waiting, stats, info, overrides,
+        retiring or events."""
         return f"{self.prefix}pool:{pool}:{part}"
 
     def container(self, container_id: str) -> str:
@@ -64,3 +70,10 @@ class Keys:
 
     def histogram(self, name: str, pool: str) -> str:
         return f"{self.prefix}hist:{name}:{pool}"
+
+    def recent(self, name: str, pool: str, slot: int) -> str:
+        return f"{self.prefix}recent:{name}:{pool}:{slot}"
+
+    def ui_session(self, digest: str) -> str:
+        """A pool page login, by the SHA-256 digest of its cookie (the cookie itself is kept nowhere)."""
+        return f"{self.prefix}ui-session:{digest}"

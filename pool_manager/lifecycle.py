@@ -74,6 +74,7 @@ class Lifecycle:
         self.state.boot_succeeded(container.pool)
         booted_s = time.time() - container.created_at
         self.metrics.observe("boot_seconds", container.pool, booted_s)
+        self.metrics.event(container.pool, "booted", container.id, booted_s)
         log.info("pool %s: %s ready in %.1fs", container.pool, container.id, booted_s)
         return True
 
@@ -93,6 +94,7 @@ class Lifecycle:
 
     def count_failure(self, container: Container) -> None:
         delay = self.state.boot_failed(container.pool, *self.backoff_s)
+        self.metrics.event(container.pool, "failed", container.id, time.time() - container.created_at)
         log.warning("pool %s: %s never became healthy; next boot in %.0fs at the earliest",
                     container.pool, container.id, delay)
 

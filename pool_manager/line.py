@@ -109,9 +109,28 @@ class WaitingLine:
             pipe.zcard(key)
             return pipe.execute()[1]
 
+    def in_order(self, pool: str) -> list[tuple[str, str, float]]:
+        """The jobs in line in the fair order, as (job id, tenant, joined at); a read only
+        (entries older than max_wait_s are left out, not dropped)."""
+        tenants = sorted(self.redis.smembers(self.keys.pool(pool, "waiting-tenants")))
+        since = time.time() - self.max_wait_s
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.zrangebyscore(self.keys.pool(pool, f"waiting:{tenant}"), since, "+inf", withscores=True)
+            lines = pipe.execute()
+        return fair_order(dict(zip(tenants, lines, strict=True)))
+
     def _keys(self, pool: str) -> list[str]:
         return [self.keys.pool(pool, "waiting"), self.keys.pool(pool, "waiting-tenants")]
 
     def _args(self, pool: str, tenant: str, job_id: str) -> list:
         now = time.time()
         return [self.keys.pool(pool, "waiting:"), tenant, job_id, now, now - self.max_wait_s]
+
+
+def fair_order(lines: dict[str, list[tuple[str, float]]]) -> list[tuple[str, str, float]]:
+    """Each tenant's line (job id, joined at; by joining) merged as FAIR_PLACE counts: round
+    r holds each tenant's r-th job, rounds in order, by joining within a round."""
+    ranked = [(round_, joined, job_id, tenant) for tenant, line in lines.items()
+              for round_, (job_id, joined) in enumerate(line)]
+    return [(job_id, tenant, joined) for _, joined, job_id, tenant in sorted(ranked)]

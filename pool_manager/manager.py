@@ -3,6 +3,7 @@ session ends and reconcile passes. (Readers hold a PoolOverview instead.)"""
 
 import logging
 import secrets
+import time
 
 from redis import Redis
 
@@ -128,9 +129,9 @@ class PoolManager:
             report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
                                    self.lifecycle, self.close_session, self.line).run()
         except RuntimeFailure as exc:
-            self.state.set_info(pool, runtime_error=str(exc)[:500])
+            self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
             raise
-        self.state.set_info(pool, runtime_error="")
+        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()))  # the maintenance heartbeat
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         return report
 

@@ -49,3 +49,19 @@ class PoolOverview:
 
     def session(self, session_id: str) -> dict[str, str]:
         return self._state.session(session_id)
+
+    def reconciled_at(self, pool: str) -> float | None:
+        """When the pool's last reconcile pass ended (the maintenance worker's heartbeat)."""
+        return float(self._state.info(pool).get("reconciled_at") or 0) or None
+
+    def line(self, pool: str) -> list[tuple[str, str, float]]:
+        """The pool's line in the fair order: (job id, tenant, joined at)."""
+        return self._line.in_order(pool)
+
+    def tenant_load(self, tenant: str) -> dict[str, int]:
+        """What a tenant holds now: active sessions, and jobs submitted and not yet final."""
+        with self._state.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(self._state.keys.tenant(tenant, "sessions"))
+            pipe.zcard(self._state.keys.tenant(tenant, "jobs"))
+            sessions, jobs = pipe.execute()
+        return {"sessions": sessions, "jobs_in_flight": jobs}

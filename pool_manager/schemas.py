@@ -166,3 +166,101 @@ class PoolChange(BaseModel):
 
     def values(self) -> dict[str, int]:
         return self.model_dump(exclude_none=True)
+
+
+# ------------------------------------------------------------------ the pool page (GET /ui/state)
+
+class Target(BaseModel):
+    """The pool's scale and where it comes from: `source` says which (the page shows `why`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle: int = Field(ge=0, description="idle containers kept waiting")
+    max_total: int = Field(ge=0)
+    configured_idle: int = Field(ge=0)
+    configured_max_total: int = Field(ge=0)
+    source: Literal["configured", "override"] = Field(description="override: set at run time (pool scale, PATCH)")
+    why: str
+
+
+class Tile(BaseModel):
+    """One container; `retiring`: out of service, being removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    state: Literal["warming", "idle", "assigned", "retiring"]
+    engine: str = Field(description="where it runs; 'local': this host's engine")
+    age_s: float = Field(description="since it was created")
+    in_state_s: float = Field(description="since it entered its state")
+    session: str | None = absent("the session it serves (tenant/id)")
+
+
+class TileCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warming: int = Field(ge=0)
+    idle: int = Field(ge=0)
+    assigned: int = Field(ge=0)
+    retiring: int = Field(ge=0)
+
+
+class LineEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: int = Field(ge=1)
+    job_id: str
+    tenant: str
+    waited_s: float
+
+
+class Slot(BaseModel):
+    """New sessions' claims in one slot of time: how many, how many warm, and wait quantiles
+    (bucket upper bounds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float
+    claims: int = Field(ge=0)
+    warm: int = Field(ge=0)
+    wait_p50_s: float | None = absent("none without claims")
+    wait_p95_s: float | None = absent("none without claims")
+
+
+class PoolEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: float
+    kind: Literal["booted", "failed"]
+    container: str
+    seconds: float = Field(description="booted: how long the boot took; failed: how long it lived")
+
+
+class PoolBoard(BaseModel):
+    """What the pool page shows of one pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    runtime: str
+    degraded: bool
+    runtime_error: str | None = absent("why the last reconcile could not reach the runtime")
+    target: Target
+    counts: TileCounts
+    tiles: list[Tile]
+    tiles_omitted: int = Field(ge=0, description="containers past the page's limit, not shown")
+    line: list[LineEntry]
+    waiting: int = Field(ge=0, description="jobs in line (the line lists the first of them)")
+    warm_share_goal: float
+    slot_s: int
+    slots: list[Slot] = Field(description="oldest first")
+    events: list[PoolEvent] = Field(description="newest first")
+    reconciled_at: float | None = absent("when the last reconcile pass ended (absent: never)")
+
+
+class Board(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    now: float
+    tenant: str = Field(description="who is signed in")
+    pools: list[PoolBoard]

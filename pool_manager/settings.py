@@ -55,6 +55,9 @@ class PoolSpec(BaseModel):
     # first, to free their containers (their next message answers session_closed, saying why).
     session_min_idle_s: float = Field(30, ge=0)
     recycle: bool = False
+    # The share of new sessions that should find a container idle; below it for a while,
+    # deploy/prometheus's GreenroomWarmShareLow alert fires (the pool page draws it too).
+    warm_share_goal: float = Field(0.95, ge=0, le=1)
     env: dict[str, str] = {}
     port: int = Field(8000, ge=1, le=65535)
     network: str = "host"

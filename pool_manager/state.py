@@ -24,6 +24,7 @@ from .schemas import tenant_of
 REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 REDIS_CONNECTIONS = 64  # per client (process): more callers wait their turn
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
+RETIRING_KEEP_S = 3600  # a removal stuck longer than this leaves the retiring set (its record stays)
 
 # Claim for a session: its existing container, else the longest-idle one. New sessions
 # are served in the line's fair order (line.py): a job gets an idle container only while
@@ -190,11 +191,15 @@ class PoolState:
         return {container_id: state for state, ids in zip(POOL_STATES, found, strict=True) for container_id in ids}
 
     def mark_gone(self, container: Container) -> None:
-        """Out of every state set, its record kept as 'gone' until the runtime removes it."""
+        """Out of every state set, its record kept as 'gone' until the runtime removes it;
+        meanwhile it is in the pool's retiring set, for readers."""
+        now, retiring = time.time(), self.keys.pool(container.pool, "retiring")
         with self.redis.pipeline() as pipe:
             for state in POOL_STATES:
                 pipe.zrem(self.keys.pool(container.pool, state), container.id)
             pipe.hset(self.keys.container(container.id), "state", "gone")
+            pipe.zadd(retiring, {container.id: now}, nx=True)
+            pipe.zremrangebyscore(retiring, "-inf", now - RETIRING_KEEP_S)
             pipe.execute()
 
     def detach_session(self, container_id: str) -> None:
@@ -203,7 +208,7 @@ class PoolState:
 
     def forget(self, container: Container) -> None:
         with self.redis.pipeline() as pipe:
-            for state in POOL_STATES:
+            for state in (*POOL_STATES, "retiring"):
                 pipe.zrem(self.keys.pool(container.pool, state), container.id)
             pipe.delete(self.keys.container(container.id))
             pipe.execute()

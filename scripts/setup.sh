@@ -35,13 +35,20 @@ apt_install() {
     die "missing packages; install them as root: apt-get install -y $*"
   fi
   if [ "$APT_UPDATED" -eq 0 ]; then quiet apt-get update; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive quiet apt-get install -y --no-install-recommends "$@"
+  # No package's service starts on install (prometheus's would listen on :9090): a
+  # policy-rc.d that refuses, for the install only, unless the machine has one already.
+  local policy=/usr/sbin/policy-rc.d made=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; made=1; fi
+  DEBIAN_FRONTEND=noninteractive quiet apt-get install -y --no-install-recommends "$@" || { [ "$made" -eq 0 ] || rm -f "$policy"; return 1; }
+  [ "$made" -eq 0 ] || rm -f "$policy"
 }
 
 step_packages() {
   local t=$SECONDS missing=() cmd pkg
+  # chromium + chromedriver: the pool page's browser test; prometheus + promtool: the alert rules' tests
   for pair in docker:docker.io dockerd:docker.io redis-server:redis-server mmdebstrap:mmdebstrap \
-      docker-compose:docker-compose; do
+      docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver \
+      prometheus:prometheus promtool:prometheus; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null || missing+=("$pkg")
   done

@@ -66,6 +66,10 @@ CONFIG = schemathesis.Config.from_dict({
          # target_idle may not exceed max_total, the given or the current one: a rule
          # between two values, one of them server state, that JSON Schema cannot state.
          "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}}},
+        # The pool page's forms answer 303 See Other on success (post/redirect/get).
+        *({"include-operation-id": operation,
+           "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "303"]}}}
+          for operation in ("poolPageLogin", "poolPageLogout")),
     ],
 })
 
@@ -90,10 +94,14 @@ def test_the_document_is_valid_openapi_3_1():
     schema.validate()  # against the OpenAPI 3.1 meta-schema; raises if not
 
 
+ADMIN_OPERATIONS = {"scalePool", "poolPage", "poolPageState"}
+
+
 def authorization(case) -> dict:
     """The token goes with each call (schemathesis 4.32 drops per-operation config headers
-    in its fuzzing phase): pool changes need an admin; everything else is tenant acme's."""
-    tenant = "admin" if case.operation.definition.raw.get("operationId") == "scalePool" else "acme"
+    in its fuzzing phase): pool changes and the pool page need an admin; everything else is
+    tenant acme's."""
+    tenant = "admin" if case.operation.definition.raw.get("operationId") in ADMIN_OPERATIONS else "acme"
     return {"Authorization": f"Bearer {TOKENS[tenant]}"}
 
 
