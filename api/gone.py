@@ -25,7 +25,7 @@ def client_gone(on_gone: Callable[[], None]) -> Iterator[threading.Event]:
     try:
         yield gone
     finally:
-        watcher.kill(block=False)
+        watcher.kill(block=True)  # off the socket before the server reads its next request there
 
 
 def _watch(sock: socket.socket, gone: threading.Event, on_gone: Callable[[], None]) -> None:
