@@ -14,8 +14,6 @@ from gunicorn import util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
-from pool_manager.job_events import wake_every_waiter
-
 stopping = threading.Event()
 REQUEST_READ_TIMEOUT_S = 30  # a client slower than this to send (headers: keep-alive, 5 s) is dropped
 
@@ -44,6 +42,8 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 def post_worker_init(worker) -> None:
     util.write_error = write_json_error  # the worker calls it as util.write_error(...)
     previous = signal.getsignal(signal.SIGTERM)
+
+    from pool_manager.job_events import wake_every_waiter  # here: the worker, after gevent's patching
 
     def on_term(signum, frame):
         stopping.set()

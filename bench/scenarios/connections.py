@@ -58,17 +58,17 @@ def level(stack: Stack, jobs: dict[str, str], count: int, probes: int) -> dict:
     """count polls held open; /healthz and submit latency meanwhile (a probe unanswered in
     PROBE_TIMEOUT_S counts as failed); the API's memory."""
     drained(stack)
-    with stack.client(timeout=PROBE_TIMEOUT_S) as client:
-        memory_before = api_memory(stack)
-        sockets = open_polls(stack, jobs, count)
-        try:
-            time.sleep(1 + count / 500)  # let the API take them in
+    memory_before = api_memory(stack)
+    sockets = open_polls(stack, jobs, count)
+    try:
+        time.sleep(1 + count / 500)  # let the API take them in
+        with stack.client(timeout=PROBE_TIMEOUT_S) as client:  # opened now: no keep-alive gone stale
             healthz = timed(lambda: client.get("/healthz"), probes)
             submit = timed(lambda: client.post("/v1/jobs", json=job()), probes)
-            memory_after = api_memory(stack)
-            answered_early = sum(answered(s) for s in sockets)
-        finally:
-            close(sockets)
+        memory_after = api_memory(stack)
+        answered_early = sum(answered(s) for s in sockets)
+    finally:
+        close(sockets)
     per_connection = (memory_after - memory_before) * 1024 / count if count else None
     return {"open": count, "healthz": summary(healthz["ok"]), "healthz_failed": healthz["failed"],
             "submit": summary(submit["ok"]), "submit_failed": submit["failed"],
@@ -79,21 +79,22 @@ def largest_held(stack: Stack, jobs: dict[str, str], ramp: list[int]) -> int:
     """The most polls held at once with none answered early or refused, and /healthz
     answering within 5 s: stepping up the ramp until a step fails."""
     held = 0
-    with stack.client() as client:
-        for count in ramp:
-            drained(stack)
-            sockets = []
-            try:
-                sockets = open_polls(stack, jobs, count)
-                time.sleep(1 + count / 500)
-                ok = not any(answered(s) for s in sockets) and client.get("/healthz", timeout=5).status_code == 200
-            except (OSError, httpx.HTTPError):
-                ok = False
-            finally:
-                close(sockets)
-            if not ok:
-                break
-            held = count
+    for count in ramp:
+        drained(stack)
+        sockets = []
+        try:
+            sockets = open_polls(stack, jobs, count)
+            time.sleep(1 + count / 500)
+            ok = not any(answered(s) for s in sockets) and httpx.get(f"{stack.api_url}/healthz",
+                                                                     timeout=5).status_code == 200
+        except (OSError, httpx.HTTPError):
+            ok = False
+        finally:
+            close(sockets)
+        if not ok:
+            break
+        held = count
+        time.sleep(5)  # the closed polls leave the caps (max_open_waits: 5,000 a process)
     return held
 
 
