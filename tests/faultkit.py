@@ -1,22 +1,25 @@
 """Helpers for the fault and soak tests: programs launched beside a Stack, the pool's
-state against Docker's view, job events, polls that survive restarts, a stopwatch."""
+state against Docker's view, Docker's events, job events, polls that survive restarts,
+the local dockerd, a stopwatch."""
 
 import os
+import signal
 import subprocess
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
+import docker.errors
 import httpx
 import redis
+import requests.exceptions
 
 from bench.stack import start_program, stop_process_group
-from conftest import wait_until
+from conftest import require, wait_until
 from pool_manager.keys import POOL_STATES, Keys
 from pool_manager.schemas import FINAL
 from stack import VENV_BIN, Stack
-
-
 
 # ---------------------------------------------------------------- programs beside a Stack
 
@@ -200,3 +203,63 @@ def report(title: str, **figures) -> None:
     """One line for `pytest -s`: what a fault test saw."""
     shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
     print(f"\n[{title}] {shown}")
+
+
+# ---------------------------------------------------------------- the local Docker daemon
+
+def dockerd_restart_refusal(pids: list[str], euid: int, supervised: bool) -> str | None:
+    """Why a test cannot stop and start this machine's dockerd safely, or None."""
+    if euid != 0:
+        return "restarting dockerd needs root"
+    if len(pids) != 1:
+        return f"restarting dockerd needs exactly one local dockerd, found {len(pids)}"
+    if supervised:
+        return "dockerd is supervised by systemd, which would race this test's restart"
+    return None
+
+
+class DockerDaemon:
+    """The local dockerd, stopped and started again exactly as it was launched (the same
+    argv, environment, working directory and log)."""
+
+    def __init__(self, pid: int):
+        proc = Path(f"/proc/{pid}")
+        self.pid = pid
+        self.argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        self.env = dict(line.split(b"=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
+        self.cwd = os.readlink(proc / "cwd")
+        log = os.readlink(proc / "fd/1")
+        self.log = log if log.startswith("/") and os.path.isfile(log) else os.devnull
+
+    @classmethod
+    def find(cls) -> "DockerDaemon":
+        """The daemon, or require()'s skip (a failure under GREENROOM_REQUIRE_DOCKER=1)
+        where it cannot be restarted safely."""
+        found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+        supervised = os.path.exists("/run/systemd/system") and subprocess.run(
+            ["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0
+        if reason := dockerd_restart_refusal(found, os.geteuid(), supervised):
+            require(reason)
+        return cls(int(found[0]))
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM; with --live-restore it exits without stopping the containers."""
+        os.kill(self.pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), timeout, interval=0.05, message="dockerd to exit")
+
+    def start(self, engine, timeout: float = 60) -> None:
+        with open(self.log, "ab") as out:
+            process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = process.pid
+        wait_until(lambda: _answers(engine), timeout, interval=0.05, message="dockerd to answer again")
+
+    def running(self) -> bool:
+        return Path(f"/proc/{self.pid}").exists()
+
+
+def _answers(engine) -> bool:
+    try:
+        return engine.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
