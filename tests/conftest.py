@@ -80,6 +80,19 @@ def no_container_outlives_the_run():
     assert not leaked, f"containers outlived their tests: {leaked}"
 
 
+SETTINGS_AT_START = {k: v for k, v in os.environ.items() if k.startswith("GREENROOM_")}
+
+
+@pytest.fixture(autouse=True)
+def no_setting_outlives_its_test():
+    """A GREENROOM_* variable a test or fixture leaves in os.environ would configure every
+    later test (and pass a test that depends on it only after another): each test ends
+    with the variables the run began with."""
+    yield
+    now = {k: v for k, v in os.environ.items() if k.startswith("GREENROOM_")}
+    assert now == SETTINGS_AT_START, f"GREENROOM_* variables left changed in os.environ: {set(now.items()) ^ set(SETTINGS_AT_START.items())}"
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
