@@ -152,6 +152,41 @@ class JobEvents:
         self.client.close()
 
 
+# ---------------------------------------------------------------- what Redis is asked
+
+class RedisCommands:
+    """Every command Redis runs from now on (MONITOR), as "NAME key args" text: to see
+    that a program has reached a step (a long poll reading its job) rather than guess it
+    with a sleep."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url)
+        self.monitor = self.client.monitor().__enter__()  # MONITOR is on once this returns
+        self.seen: list[str] = []
+        self.error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            while not self._closing:
+                self.seen.append(self.monitor.next_command()["command"])
+        except Exception as exc:  # the connection closed under us, or a real failure
+            if not self._closing:
+                self.error = exc
+
+    def count(self, command: str) -> int:
+        assert self.error is None, f"MONITOR failed: {self.error!r}"
+        return sum(1 for seen in list(self.seen) if seen == command)
+
+    def close(self) -> None:
+        self._closing = True
+        self.monitor.__exit__()
+        self._thread.join(5)
+        self.client.close()
+
+
 # ---------------------------------------------------------------- clients that ride out restarts
 
 def submit(client: httpx.Client, text: str, session_id: str | None = None) -> httpx.Response:
