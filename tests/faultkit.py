@@ -120,6 +120,50 @@ def wait_pool(client: httpx.Client, timeout: float = 30, **expected) -> dict:
         raise AssertionError(f"{exc}; last status: {last}") from None
 
 
+# ---------------------------------------------------------------- Docker's own account
+
+class DockerEvents:
+    """A deployment's containers created and destroyed, heard live on Docker's event stream
+    from the moment this is built (the engine keeps only its last few hundred events for
+    later queries), in the engine's own order: every container that ever existed counts,
+    however briefly, where sampling the list would miss it."""
+
+    def __init__(self, docker_engine, deployment: str):
+        self.seen: list[tuple[float, str, str]] = []  # (unix time, "create" | "destroy", container name)
+        self.error: BaseException | None = None
+        self._stream = docker_engine.events(decode=True, filters={
+            "type": "container", "event": ["create", "destroy"], "label": f"greenroom.owner={deployment}"})
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for event in self._stream:
+                self.seen.append((event["timeNano"] / 1e9, event["Action"], event["Actor"]["Attributes"]["name"]))
+        except Exception as exc:  # closing the stream ends it quietly: anything raised is a failure
+            self.error = exc
+
+    def close(self) -> None:
+        """Stop listening (after the last events in flight); raise if the stream failed."""
+        time.sleep(0.5)
+        self._stream.close()
+        self._thread.join(5)
+        assert not self._thread.is_alive(), "Docker's event stream did not stop"
+        if self.error is not None:
+            raise AssertionError(f"Docker's event stream failed: {self.error!r}") from self.error
+
+    def times(self, action: str) -> list[float]:
+        return sorted(at for at, seen, _ in self.seen if seen == action)
+
+    def peak(self) -> int:
+        """The most containers that existed at once (created, not yet removed)."""
+        existing, peak = 0, 0
+        for _, action, _ in self.seen:
+            existing += 1 if action == "create" else -1
+            peak = max(peak, existing)
+        return peak
+
+
 # ---------------------------------------------------------------- job events
 
 class JobEvents:
