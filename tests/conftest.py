@@ -90,7 +90,8 @@ def no_setting_outlives_its_test():
     with the variables the run began with."""
     yield
     now = {k: v for k, v in os.environ.items() if k.startswith("GREENROOM_")}
-    assert now == SETTINGS_AT_START, f"GREENROOM_* variables left changed in os.environ: {set(now.items()) ^ set(SETTINGS_AT_START.items())}"
+    changed = set(now.items()) ^ set(SETTINGS_AT_START.items())
+    assert not changed, f"GREENROOM_* variables left changed in os.environ: {changed}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -38,8 +38,7 @@ def pool_stack(redis_url, docker_engine, tmp_path, request):
         print(stack.logs())
 
 
-def test_a_docker_daemon_restart_is_reported_and_recovered(dockerd, pool_stack, docker_engine):
-    # dockerd first: where it cannot be restarted, no stack is started for nothing
+def test_a_docker_daemon_restart_is_reported_and_recovered(pool_stack, dockerd, docker_engine):
     with pool_stack.client(timeout=15) as client:
         wait_pool(client, idle=3)
         ada = chat(client, "my name is Ada")
