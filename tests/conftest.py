@@ -28,9 +28,17 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
+def require(reason: str):
+    """What a test needs is missing: a skip saying why, or a failure where the run promised
+    Docker (GREENROOM_REQUIRE_DOCKER=1: `make test` and CI)."""
+    if os.environ.get("GREENROOM_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{reason} (GREENROOM_REQUIRE_DOCKER=1)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def docker_engine():
-    """The engine, or a skip saying why (a failure where GREENROOM_REQUIRE_DOCKER=1)."""
+    """The engine, or require()'s skip or failure saying why."""
     runtime = DockerRuntime(f"{RUN_ID}-probe")
     reason = None
     if not runtime.ping():
@@ -41,9 +49,7 @@ def docker_engine():
         except Exception:
             reason = f"image {IMAGE} missing (run `make test`, which builds it)"
     if reason:
-        if os.environ.get("GREENROOM_REQUIRE_DOCKER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        require(reason)
     yield runtime.client
     runtime.close()
 
@@ -72,6 +78,20 @@ def no_container_outlives_the_run():
                 runtime.client.api.remove_container(row["Id"], force=True)
     runtime.close()
     assert not leaked, f"containers outlived their tests: {leaked}"
+
+
+SETTINGS_AT_START = {k: v for k, v in os.environ.items() if k.startswith("GREENROOM_")}
+
+
+@pytest.fixture(autouse=True)
+def no_setting_outlives_its_test():
+    """A GREENROOM_* variable a test or fixture leaves in os.environ would configure every
+    later test (and pass a test that depends on it only after another): each test ends
+    with the variables the run began with."""
+    yield
+    now = {k: v for k, v in os.environ.items() if k.startswith("GREENROOM_")}
+    changed = set(now.items()) ^ set(SETTINGS_AT_START.items())
+    assert not changed, f"GREENROOM_* variables left changed in os.environ: {changed}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

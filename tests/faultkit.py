@@ -1,22 +1,25 @@
 """Helpers for the fault and soak tests: programs launched beside a Stack, the pool's
-state against Docker's view, job events, polls that survive restarts, a stopwatch."""
+state against Docker's view, Docker's events, job events, polls that survive restarts,
+the local dockerd, a stopwatch."""
 
 import os
+import signal
 import subprocess
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
+import docker.errors
 import httpx
 import redis
+import requests.exceptions
 
 from bench.stack import start_program, stop_process_group
-from conftest import wait_until
+from conftest import require, wait_until
 from pool_manager.keys import POOL_STATES, Keys
 from pool_manager.schemas import FINAL
 from stack import VENV_BIN, Stack
-
-
 
 # ---------------------------------------------------------------- programs beside a Stack
 
@@ -117,6 +120,50 @@ def wait_pool(client: httpx.Client, timeout: float = 30, **expected) -> dict:
         raise AssertionError(f"{exc}; last status: {last}") from None
 
 
+# ---------------------------------------------------------------- Docker's own account
+
+class DockerEvents:
+    """A deployment's containers created and destroyed, heard live on Docker's event stream
+    from the moment this is built (the engine keeps only its last few hundred events for
+    later queries), in the engine's own order: every container that ever existed counts,
+    however briefly, where sampling the list would miss it."""
+
+    def __init__(self, docker_engine, deployment: str):
+        self.seen: list[tuple[float, str, str]] = []  # (unix time, "create" | "destroy", container name)
+        self.error: BaseException | None = None
+        self._stream = docker_engine.events(decode=True, filters={
+            "type": "container", "event": ["create", "destroy"], "label": f"greenroom.owner={deployment}"})
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for event in self._stream:
+                self.seen.append((event["timeNano"] / 1e9, event["Action"], event["Actor"]["Attributes"]["name"]))
+        except Exception as exc:  # closing the stream ends it quietly: anything raised is a failure
+            self.error = exc
+
+    def close(self) -> None:
+        """Stop listening (after the last events in flight); raise if the stream failed."""
+        time.sleep(0.5)
+        self._stream.close()
+        self._thread.join(5)
+        assert not self._thread.is_alive(), "Docker's event stream did not stop"
+        if self.error is not None:
+            raise AssertionError(f"Docker's event stream failed: {self.error!r}") from self.error
+
+    def times(self, action: str) -> list[float]:
+        return sorted(at for at, seen, _ in self.seen if seen == action)
+
+    def peak(self) -> int:
+        """The most containers that existed at once (created, not yet removed)."""
+        existing, peak = 0, 0
+        for _, action, _ in self.seen:
+            existing += 1 if action == "create" else -1
+            peak = max(peak, existing)
+        return peak
+
+
 # ---------------------------------------------------------------- job events
 
 class JobEvents:
@@ -146,6 +193,41 @@ class JobEvents:
         self._stop.set()
         self._thread.join(5)
         self.pubsub.close()
+        self.client.close()
+
+
+# ---------------------------------------------------------------- what Redis is asked
+
+class RedisCommands:
+    """Every command Redis runs from now on (MONITOR), as "NAME key args" text: to see
+    that a program has reached a step (a long poll reading its job) rather than guess it
+    with a sleep."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url)
+        self.monitor = self.client.monitor().__enter__()  # MONITOR is on once this returns
+        self.seen: list[str] = []
+        self.error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            while not self._closing:
+                self.seen.append(self.monitor.next_command()["command"])
+        except Exception as exc:  # the connection closed under us, or a real failure
+            if not self._closing:
+                self.error = exc
+
+    def count(self, command: str) -> int:
+        assert self.error is None, f"MONITOR failed: {self.error!r}"
+        return sum(1 for seen in list(self.seen) if seen == command)
+
+    def close(self) -> None:
+        self._closing = True
+        self.monitor.__exit__()
+        self._thread.join(5)
         self.client.close()
 
 
@@ -200,3 +282,63 @@ def report(title: str, **figures) -> None:
     """One line for `pytest -s`: what a fault test saw."""
     shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
     print(f"\n[{title}] {shown}")
+
+
+# ---------------------------------------------------------------- the local Docker daemon
+
+def dockerd_restart_refusal(pids: list[str], euid: int, supervised: bool) -> str | None:
+    """Why a test cannot stop and start this machine's dockerd safely, or None."""
+    if euid != 0:
+        return "restarting dockerd needs root"
+    if len(pids) != 1:
+        return f"restarting dockerd needs exactly one local dockerd, found {len(pids)}"
+    if supervised:
+        return "dockerd is supervised by systemd, which would race this test's restart"
+    return None
+
+
+class DockerDaemon:
+    """The local dockerd, stopped and started again exactly as it was launched (the same
+    argv, environment, working directory and log)."""
+
+    def __init__(self, pid: int):
+        proc = Path(f"/proc/{pid}")
+        self.pid = pid
+        self.argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        self.env = dict(line.split(b"=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
+        self.cwd = os.readlink(proc / "cwd")
+        log = os.readlink(proc / "fd/1")
+        self.log = log if log.startswith("/") and os.path.isfile(log) else os.devnull
+
+    @classmethod
+    def find(cls) -> "DockerDaemon":
+        """The daemon, or require()'s skip (a failure under GREENROOM_REQUIRE_DOCKER=1)
+        where it cannot be restarted safely."""
+        found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+        supervised = os.path.exists("/run/systemd/system") and subprocess.run(
+            ["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0
+        if reason := dockerd_restart_refusal(found, os.geteuid(), supervised):
+            require(reason)
+        return cls(int(found[0]))
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM; with --live-restore it exits without stopping the containers."""
+        os.kill(self.pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), timeout, interval=0.05, message="dockerd to exit")
+
+    def start(self, engine, timeout: float = 60) -> None:
+        with open(self.log, "ab") as out:
+            process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = process.pid
+        wait_until(lambda: _answers(engine), timeout, interval=0.05, message="dockerd to answer again")
+
+    def running(self) -> bool:
+        return Path(f"/proc/{self.pid}").exists()
+
+
+def _answers(engine) -> bool:
+    try:
+        return engine.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False

@@ -1,12 +1,14 @@
 """Auth, tenant isolation and bad input, against the real API over HTTP (no workers:
 submitted jobs stay queued, which is what cancelling needs)."""
 
+import hashlib
 import uuid
 
 import httpx
 import pytest
 import redis
 
+from api import create_app
 from bench import stack as bench_stack
 from stack import TOKENS, Stack
 
@@ -208,3 +210,19 @@ def test_a_full_redis_gets_503_not_500_and_health_still_answers(tmp_path):
                 store.config_set("maxmemory", "512mb")
             assert submit(acme).status_code == 202
         store.close()
+
+
+def test_a_sha256_key_lets_its_token_in_and_not_itself(redis_url, deployment):
+    """api_keys may hold "sha256:<hex>" in place of a token (`greenroom up` hands the API
+    only digests): the token authenticates; the digest, sent as a token, does not."""
+    token, plain = "hashed-token-0123456789", "plain-token-0123456789"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    app = create_app({"redis_url": redis_url, "deployment": deployment,
+                      "api_keys": {"hashed": f"sha256:{digest}", "plain": plain}})
+    client = app.test_client()
+
+    def status(bearer: str) -> int:
+        return client.get("/v1/pools", headers={"Authorization": f"Bearer {bearer}"}).status_code
+
+    assert (status(token), status(plain)) == (200, 200)
+    assert (status(digest), status(f"sha256:{digest}")) == (401, 401)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import redis
 
 from bench.stack import start_program, stop_process_group
 from conftest import free_port, wait_until
+from pool_manager.overview import PoolOverview
 
 REPO = Path(__file__).resolve().parents[1]
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
@@ -49,12 +51,21 @@ def test_pool_status_json_reports_counts(cli_env):
     assert row["idle"] == row["warming"] == row["assigned"] == 0
 
 
-def test_pool_scale_changes_the_target(cli_env):
-    first = greenroom("pool", "scale", "chatbot", "--target-idle", "0", "--max-total", "2", env=cli_env)
-    assert first.returncode == 0, first.stderr
-    assert "target_idle=0 max_total=2" in first.stdout
-    [row] = json.loads(greenroom("pool", "status", "--json", env=cli_env).stdout)
-    assert (row["target_idle"], row["max_total"], row["warming"], row["idle"]) == (0, 2, 0, 0)
+def test_pool_status_shows_a_degraded_pool(cli_env, make_manager):
+    """Boots that keep failing (a server that crashes at start) mark the pool degraded,
+    and `greenroom pool status` says so, in its table and in --json."""
+    manager = make_manager("process", target_idle=1, env={"FAULT_CRASH_AT_BOOT": "1"},
+                           settings={"boot_backoff_s": (0.05, 0.05)})
+    overview = PoolOverview(manager.settings, manager.redis)
+    wait_until(lambda: manager.reconcile("chatbot") and overview.status("chatbot").degraded, 20, interval=0.1,
+               message="three failed boots in a row")
+    table = greenroom("pool", "status", env=cli_env)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    shown = dict(zip(header.split(), row.split()))
+    assert (shown["name"], shown["degraded"]) == ("chatbot", "True") and int(shown["failed"]) >= 3, table.stdout
+    [as_json] = json.loads(greenroom("pool", "status", "--json", env=cli_env).stdout)
+    assert as_json["degraded"] is True and as_json["failed"] >= 3
 
 
 def test_pool_scale_unknown_pool_is_a_clear_error(cli_env):
@@ -181,7 +192,7 @@ def api_stack(request, cli_env, make_manager, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _healthy(url), 30, interval=0.2, message="the API")
-        yield {"url": url, "env": env}
+        yield {"url": url, "env": env, "logs": logs}
     finally:
         for process in processes:
             stop_process_group(process)
@@ -216,6 +227,51 @@ def test_chat_one_message_then_a_conversation(api_stack):
     wait_until(lambda: assigned() == 1, 30, interval=0.5, message="one assigned container")
 
 
+def test_pool_scale_and_patch_ask_for_the_reconcile_that_starts_or_retires_containers(api_stack):
+    """No beat runs here, so only the reconcile a change asks for can move the pool:
+    `pool scale` up (containers start), PATCH down and `pool scale` to 0 (the surplus
+    idle ones are retired)."""
+    env, url = api_stack["env"], api_stack["url"]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as admin:
+        def pool(**expected) -> dict | None:
+            status = admin.get("/v1/pools/chatbot").json()
+            return status if all(status[k] == v for k, v in expected.items()) else None
+
+        # the fill each of the two workers asks for as it starts: both done, none pending
+        wait_until(lambda: pool(idle=1, warming=0) and _tasks_done(api_stack["logs"]["worker"], {
+            "greenroom.pool.reconcile_all": 2, "greenroom.pool.reconcile": 2}), 30, interval=0.2,
+                   message="the first fill")
+        up = greenroom("pool", "scale", "chatbot", "--target-idle", "3", env=env)
+        assert up.returncode == 0 and "chatbot: target_idle=3 max_total=4" in up.stdout, up.stderr
+        wait_until(lambda: pool(idle=3, warming=0, target_idle=3), 30, interval=0.1, message="3 idle")
+        assert admin.patch("/v1/pools/chatbot", json={"target_idle": 1}).status_code == 200
+        wait_until(lambda: pool(idle=1, warming=0), 30, interval=0.1, message="the surplus retired after PATCH")
+        down = greenroom("pool", "scale", "chatbot", "--target-idle", "0", env=env)
+        assert down.returncode == 0, down.stderr
+        wait_until(lambda: pool(idle=0, warming=0, target_idle=0), 30, interval=0.1,
+                   message="the surplus retired after pool scale")
+
+
+def test_the_access_log_shows_request_lines_and_never_a_token(cli_env, tmp_path):
+    """`greenroom api --access-log`: tokens travel in the Authorization header, which the
+    log leaves out, whether the token is valid or not."""
+    port, log = free_port(), tmp_path / "api.log"
+    env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": json.dumps({"admin": TOKEN})}
+    api = start_program([GREENROOM, "api", "--workers", "1", "--threads", "4", "--access-log"], env, log, cwd=REPO)
+    url, wrong = f"http://127.0.0.1:{port}", "wrong-token-0123456789"
+    try:
+        wait_until(lambda: _healthy(url), 30, interval=0.2, message="the API")
+        assert httpx.get(f"{url}/v1/pools", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert httpx.get(f"{url}/v1/jobs/nope", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+        assert httpx.get(f"{url}/v1/pools", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+    finally:
+        stop_process_group(api)
+    text = log.read_text()
+    for line in ('"GET /v1/pools HTTP/1.1" 200', '"GET /v1/jobs/nope HTTP/1.1" 404', '"GET /v1/pools HTTP/1.1" 401'):
+        assert line in text, text  # the log is on: each request has its line
+    assert TOKEN not in text and wrong not in text
+
+
 def test_chat_with_a_bad_token_fails_clearly(api_stack):
     done = greenroom("chat", "--api-url", api_stack["url"], "--token", "nope", "hi", env=api_stack["env"])
     assert done.returncode == 1
@@ -244,6 +300,16 @@ def test_the_compose_pool_spec_is_valid(cli_env):
     env = cli_env | {"GREENROOM_CONFIG": str(REPO / "deploy" / "greenroom.toml")}
     [row] = json.loads(greenroom("pool", "status", "--json", env=env).stdout)
     assert (row["name"], row["runtime"]) == ("chatbot", "docker")
+
+
+def _tasks_done(log: Path, expected: dict[str, int]) -> bool:
+    """The worker has received exactly this many messages of each task, and finished them."""
+    text = log.read_text(errors="replace")
+
+    def lines(task: str, outcome: str) -> int:
+        return len(re.findall(rf"Task {re.escape(task)}\[[^]]+\] {outcome}", text))
+
+    return all(lines(task, "received") == lines(task, "succeeded") == count for task, count in expected.items())
 
 
 def _printed_env(output: str, name: str) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from compose_stack import REPO, ComposeProject, compose_command, host_network_variant, load_compose
-from conftest import RUN_ID, free_port, wait_until
+from conftest import RUN_ID, free_port, require, wait_until
 from pool_manager.runtimes.docker import DockerRuntime, container_options
 from pool_manager.settings import load_settings
 
@@ -24,13 +24,6 @@ GREENROOM_SERVICES = ("api", "worker", "maintenance", "beat", "flower")
 IMAGE, CHATBOT_IMAGE = "greenroom/greenroom:compose-test", "greenroom/chatbot:compose-test"
 SECRET_KEY = re.compile(r"PASSWORD|API_KEYS|TOKEN|SECRET|REDISCLI_AUTH")
 REFERENCE = re.compile(r"^\$\{GREENROOM_[A-Z_]+:\?[^}]+\}$")  # ${VAR:?message}: from .env, required
-
-
-def require(reason: str):
-    """A skip where the machine lacks something, a failure where CI promised it."""
-    if os.environ.get("GREENROOM_REQUIRE_DOCKER") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 # ---------------------------------------------------------------- the file itself

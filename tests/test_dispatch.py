@@ -1,11 +1,13 @@
 """End to end: the real API over HTTP, real Celery workers, Redis and containers."""
 
+import re
 import time
 import uuid
 
 import httpx
 import openai
 import pytest
+import redis
 
 from conftest import wait_until
 from bench import stack as bench_stack
@@ -31,6 +33,13 @@ def stack(redis_url, docker_engine, tmp_path_factory, request):
     running.stop()
     if request.session.testsfailed:
         print(running.logs())
+
+
+def replied(client: httpx.Client, text: str, session_id: str | None = None) -> dict:
+    """A chat that must succeed: its job, checked."""
+    job = chat(client, text, session_id=session_id)
+    assert job["status"] == "succeeded", job
+    return job
 
 
 @pytest.fixture
@@ -70,19 +79,19 @@ def test_long_poll_returns_as_soon_as_the_job_ends(acme):
 
 
 def test_a_session_keeps_its_container_and_memory(acme):
-    first = chat(acme, "my name is Ada")
+    first = replied(acme, "my name is Ada")
     session = first["session_id"]
-    second = chat(acme, "what is my name?", session_id=session)
+    second = replied(acme, "what is my name?", session_id=session)
     assert second["result"]["choices"][0]["message"]["content"] == "Your name is Ada."
     assert second["result"]["greenroom"]["container"] == first["result"]["greenroom"]["container"]
     assert second["result"]["greenroom"]["new_session"] is False
-    other = chat(acme, "what is my name?")  # a new session: another container, no memory of Ada
+    other = replied(acme, "what is my name?")  # a new session: another container, no memory of Ada
     assert other["result"]["greenroom"]["container"] != first["result"]["greenroom"]["container"]
     assert other["result"]["choices"][0]["message"]["content"] == "I don't know your name yet."
 
 
 def test_closing_a_session_removes_its_container_and_the_pool_refills(acme, docker_engine):
-    job = chat(acme, "hello")
+    job = replied(acme, "hello")
     session, container = job["session_id"], job["result"]["greenroom"]["container"]
     assert acme.get(f"/v1/sessions/{session}").json()["state"] == "active"
     closed = acme.delete(f"/v1/sessions/{session}")
@@ -137,12 +146,12 @@ def test_two_tenants_sessions_of_one_name_never_meet(stack, acme):
     backend = celery.send_task("greenroom.chat", queue="greenroom.chat", kwargs={
         "model": "chatbot", "session_id": name, "messages": [{"role": "user", "content": "my name is Celia"}]})
     assert backend.get(timeout=30)["status"] == "succeeded"
-    first = chat(acme, "my name is Ada", session_id=name)
+    first = replied(acme, "my name is Ada", session_id=name)
     with stack.client("globex") as globex:
-        other = chat(globex, "what is my name?", session_id=name)
+        other = replied(globex, "what is my name?", session_id=name)
         assert other["result"]["choices"][0]["message"]["content"] == "I don't know your name yet."
         globex.delete(f"/v1/sessions/{name}")
-    again = chat(acme, "what is my name?", session_id=name)
+    again = replied(acme, "what is my name?", session_id=name)
     assert again["result"]["choices"][0]["message"]["content"] == "Your name is Ada."
     containers = {first["result"]["greenroom"]["container"], other["result"]["greenroom"]["container"],
                   backend.get(timeout=5)["result"]["greenroom"]["container"]}
@@ -169,7 +178,7 @@ def test_drained_pool_jobs_wait_then_succeed_on_fresh_containers(stack, acme):
     with stack.client("admin") as admin:
         assert admin.patch("/v1/pools/chatbot", json={"target_idle": 0}).status_code == 200
         try:
-            sessions = [chat(acme, f"hold {n}")["session_id"] for n in range(2)]  # take the 2 idle
+            sessions = [replied(acme, f"hold {n}")["session_id"] for n in range(2)]  # take the 2 idle
             wait_for_pool(acme, idle=0, warming=0)
             submitted = acme.post("/v1/jobs", json={"model": "chatbot",
                                                     "messages": [{"role": "user", "content": "wait for me"}]})
@@ -196,7 +205,7 @@ def test_jobs_waiting_for_a_container_are_served_first_come_first_served(stack, 
     with stack.client("admin") as admin:
         assert admin.patch("/v1/pools/chatbot", json={"target_idle": 0, "max_total": full}).status_code == 200
         try:
-            holders = [chat(acme, f"hold {n}")["session_id"] for n in range(2)]  # the 2 idle, now full
+            holders = [replied(acme, f"hold {n}")["session_id"] for n in range(2)]  # the 2 idle, now full
             line = []
             for position in range(1, 5):
                 body = {"model": "chatbot", "messages": [{"role": "user", "content": f"in line {position}"}]}
@@ -224,26 +233,92 @@ def test_jobs_waiting_for_a_container_are_served_first_come_first_served(stack, 
 
 
 def test_a_claim_starts_its_replacement_without_waiting_for_beat(stack, acme, docker_engine):
-    before = {c.name for c in docker_engine.containers.list(filters={"label": "greenroom.pool=chatbot"})}
-    chat(acme, "take one")
-    # beat ticks every 2 s; the claim's own reconcile must start a container well before
-    started = wait_until(lambda: {c.name for c in docker_engine.containers.list(
-        filters={"label": "greenroom.pool=chatbot"})} - before, 1.5, interval=0.02, message="replacement")
-    assert len(started) == 1
+    """Beat is stopped for this test, and every reconcile sent before is done: only the
+    claim's own request can start the replacement."""
+    wait_for_pool(acme, idle=2, warming=0)
+    stack.kill("beat")
+    try:
+        wait_until(lambda: _maintenance_idle(stack), 30, interval=0.1, message="every reconcile sent so far done")
+        owner = {"label": f"greenroom.owner={stack.deployment}"}
+        before = {c.name for c in docker_engine.containers.list(all=True, filters=owner)}
+        job = replied(acme, "take one")
+        assert job["result"]["greenroom"]["warm"] and job["result"]["greenroom"]["container"] in before, job
+        started = wait_until(lambda: {c.name for c in docker_engine.containers.list(all=True, filters=owner)} - before,
+                             30, interval=0.05, message="the replacement")
+        assert len(started) == 1, started
+        wait_for_pool(acme, idle=2, warming=0)
+    finally:
+        stack.start_one("beat")
+    acme.delete(f"/v1/sessions/{job['session_id']}")
+
+
+def _maintenance_idle(stack: Stack) -> bool:
+    """No message waits on the pool queue, and the pool worker finished every one it took."""
+    with redis.Redis.from_url(stack.redis_url) as broker:
+        if broker.llen("greenroom.pool"):
+            return False
+    log = (stack.folder / "pool.log").read_text(errors="replace")
+    taken = re.findall(r"Task (greenroom\.pool\.\w+)\[([^]]+)\] received", log)
+    done = set(re.findall(r"Task (greenroom\.pool\.\w+)\[([^]]+)\] (?:succeeded|failed|raised)", log))
+    return set(taken) <= done
 
 
 def test_metrics_gather_what_every_process_recorded(stack, acme):
-    chat(acme, "count me")
+    """Each count grows by what this one chat did (earlier tests of the module count too):
+    the chat worker's claim and job, the pool worker's boot of the replacement."""
+    wait_for_pool(acme, idle=2, warming=0)
+    before = _samples(stack)
+    replied(acme, "count me")
+    boots = 'greenroom_boot_seconds_count{pool="chatbot"}'
+    after = wait_until(lambda: (now := _samples(stack))[boots] > before[boots] and now, 30, message="the replacement")
+    wait_for_pool(acme, idle=2, warming=0)
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    assert grew('greenroom_claims_total{pool="chatbot",served="warm"}') == 1  # recorded by the chat worker
+    assert grew('greenroom_jobs_total{outcome="succeeded",pool="chatbot"}') == 1
+    assert grew('greenroom_job_latency_seconds_count{pool="chatbot"}') == 1
+    assert grew(boots) == 1  # recorded by the pool worker
+    assert after['greenroom_boot_seconds_bucket{le="+Inf",pool="chatbot"}'] == after[boots]
+    assert grew('greenroom_reconcile_duration_seconds_count{pool="chatbot"}') >= 1
+    assert after['greenroom_target_idle{pool="chatbot"}'] == 2
+    assert 'greenroom_containers{pool="chatbot",state="idle"}' in after
+    assert 'greenroom_queue_depth{queue="greenroom.chat"}' in after
+
+
+def _samples(stack: Stack) -> dict[str, float]:
     text = httpx.get(f"{stack.api_url}/metrics").text  # public, like health
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
-    assert samples['greenroom_claims_total{pool="chatbot",served="warm"}'] >= 1  # recorded by the chat worker
-    assert samples['greenroom_jobs_total{outcome="succeeded",pool="chatbot"}'] >= 1
-    assert samples['greenroom_job_latency_seconds_count{pool="chatbot"}'] >= 1
-    assert samples['greenroom_boot_seconds_count{pool="chatbot"}'] >= 2  # recorded by the pool worker
-    assert samples['greenroom_boot_seconds_bucket{le="+Inf",pool="chatbot"}'] == \
-        samples['greenroom_boot_seconds_count{pool="chatbot"}']
-    assert samples['greenroom_reconcile_duration_seconds_count{pool="chatbot"}'] >= 1
-    assert samples['greenroom_target_idle{pool="chatbot"}'] == 2
-    assert 'greenroom_containers{pool="chatbot",state="idle"}' in samples
-    assert 'greenroom_queue_depth{queue="greenroom.chat"}' in samples
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_a_failed_job_raises_through_result_get(stack):
+    client = make_celery(load_settings(redis_url=stack.redis_url))
+    result = client.send_task("greenroom.chat", queue="greenroom.chat", kwargs={
+        "model": "no-such-model", "messages": [{"role": "user", "content": "hello"}]})
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=30)
+    assert type(raised.value).__name__ == "ChatFailed", repr(raised.value)
+    assert str(raised.value).startswith("unknown_model: "), repr(raised.value)
+    with stack.client("admin") as admin:
+        assert admin.get(f"/v1/jobs/{result.id}").json()["error"]["code"] == "unknown_model"
+
+
+def test_a_job_sent_again_after_it_ended_returns_its_stored_result(stack):
+    """A redelivery of a finished job (sent again under its id, its first result removed
+    from Celery's backend so that only the second run can answer): the stored record, and
+    the model is not told again (the session's next message is its second turn)."""
+    client = make_celery(load_settings(redis_url=stack.redis_url))
+    kwargs = {"model": "chatbot", "messages": [{"role": "user", "content": "my name is Ada"}]}
+    first = client.send_task("greenroom.chat", queue="greenroom.chat", kwargs=kwargs)
+    record = first.get(timeout=30)
+    assert record["status"] == "succeeded", record
+    first.forget()
+    again = client.send_task("greenroom.chat", queue="greenroom.chat", kwargs=kwargs, task_id=first.id)
+    assert again.get(timeout=30) == record
+    follow_up = client.send_task("greenroom.chat", queue="greenroom.chat", kwargs={
+        "model": "chatbot", "session_id": record["session_id"], "messages": [{"role": "user", "content": "hi"}]})
+    assert follow_up.get(timeout=30)["result"]["choices"][0]["message"]["content"].startswith("Turn 2:")
+    assert client.send_task("greenroom.pool.close_session", kwargs={"session_id": record["session_id"]},
+                            queue="greenroom.pool").get(timeout=30) is True

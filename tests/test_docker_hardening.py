@@ -28,3 +28,22 @@ def test_containers_run_hardened_and_limited(make_manager, docker_engine):
     assert attrs["Config"]["Labels"]["greenroom.pool"] == "chatbot"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["HOST"] == "127.0.0.1"  # host networking: the server binds loopback only
+
+
+def test_a_named_network_pool_runs_on_that_network(make_manager, docker_engine):
+    """network = "<name>" (as compose's model network): the container joins that network,
+    not the host's; its server listens on 0.0.0.0 at the spec's port there; greenroom
+    reaches it by name. No bridge network can exist here, so Docker's built-in "none"
+    network stands in: nothing outside can reach it, so what is checked is what the engine
+    accepted and what runs inside."""
+    manager = make_manager("docker", target_idle=1, network="none", port=8123)
+    container_id = manager.reconcile("chatbot").started_ids[0]
+    attrs = docker_engine.api.inspect_container(container_id)
+    assert attrs["HostConfig"]["NetworkMode"] == "none" and set(attrs["NetworkSettings"]["Networks"]) == {"none"}
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert (env["HOST"], env["PORT"]) == ("0.0.0.0", "8123")
+    assert manager.state.get(container_id).endpoint == f"http://{container_id}:8123"
+    probe = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8123/healthz').status)"
+    container = docker_engine.containers.get(container_id)
+    wait_until(lambda: container.exec_run(["python3", "-c", probe]).output.strip() == b"200", 20, interval=0.2,
+               message="the server answering on its network")

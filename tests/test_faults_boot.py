@@ -2,14 +2,13 @@
 The pool is marked degraded (API and metrics), failures are counted, boots back off, and
 the containers stay bounded: no crash loop. Each test prints what it saw."""
 
-import threading
 import time
 
 import httpx
 import pytest
 
 from conftest import wait_until
-from faultkit import Stopwatch, deployment, docker_names, report, wait_docker_matches_state
+from faultkit import DockerEvents, Stopwatch, deployment, report, wait_docker_matches_state
 from stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,7 +35,7 @@ def failing(request, redis_url, docker_engine, tmp_path):
 
 
 def test_a_pool_that_cannot_boot_is_degraded_backs_off_and_stays_bounded(failing, docker_engine, request):
-    created = Creations(docker_engine, failing)
+    events = DockerEvents(docker_engine, deployment(failing))  # before anything of the stack's exists
     clock = Stopwatch()
     try:
         failing.start("pool", "beat", "api")
@@ -44,62 +43,28 @@ def test_a_pool_that_cannot_boot_is_degraded_backs_off_and_stays_bounded(failing
             wait_until(lambda: client.get("/v1/pools/chatbot").json()["degraded"], 60, interval=0.1,
                        message="the pool marked degraded")
             degraded_after = clock()
-            peak, stop = [0], threading.Event()
-            sampler = threading.Thread(target=_sample_peak, args=(docker_engine, failing, peak, stop))
-            sampler.start()
             window = (time.time(), time.time() + WINDOW_S)
             time.sleep(WINDOW_S)
-            stop.set()
-            sampler.join(5)
             status = client.get("/v1/pools/chatbot").json()
             metrics = _metrics(httpx.get(f"{failing.api_url}/metrics").text)
     finally:
-        created.close()
-    in_window = [t for t in created.times if window[0] <= t <= window[1]]
-    gaps = [later - earlier for earlier, later in zip(created.times, created.times[1:])]
+        events.close()
+    created = events.times("create")
+    in_window = [t for t in created if window[0] <= t <= window[1]]
+    gaps = [later - earlier for earlier, later in zip(created, created[1:])]
     assert status["degraded"] is True and status["idle"] == 0, status
     assert metrics['greenroom_pool_degraded{pool="chatbot"}'] == 1
     assert status["failed"] >= 3 and metrics['greenroom_boot_failures_total{pool="chatbot"}'] >= 3, status
+    assert len(created) >= status["failed"], created  # every failed boot was a container Docker saw created
     # without backoff, beat's 0.5 s tick would start two every pass: 30 or so in the window;
     # backing off to 4 s between attempts leaves room for three rounds of two at most
     assert len(in_window) <= 2 * 3, in_window
     assert max(gaps) >= BACKOFF[1] / 2, gaps  # the pauses grew towards the longest backoff
-    assert peak[0] <= MAX_TOTAL, peak
+    assert events.peak() <= MAX_TOTAL, events.seen
     wait_docker_matches_state(docker_engine, failing)  # the failed ones are removed, none leaked
     report(f"boot fault: {request.node.callspec.id}", degraded_after_s=degraded_after, failed=status["failed"],
-           created_total=len(created.times), created_in_window=f"{len(in_window)} in {WINDOW_S}s",
-           gaps_s=[round(g, 1) for g in gaps], peak_containers=peak[0])
-
-
-class Creations:
-    """When each of the stack's containers was created, heard live on Docker's event
-    stream (the engine keeps only its last few hundred events for later queries)."""
-
-    def __init__(self, docker_engine, stack: Stack):
-        self.times: list[float] = []
-        self._stream = docker_engine.events(decode=True, filters={
-            "type": "container", "event": "create", "label": f"greenroom.owner={deployment(stack)}"})
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        try:
-            for event in self._stream:
-                self.times.append(event["timeNano"] / 1e9)
-        except Exception:  # the stream was closed under us
-            pass
-
-    def close(self) -> None:
-        time.sleep(0.5)  # the last events in flight
-        self._stream.close()
-        self._thread.join(5)
-        self.times.sort()
-
-
-def _sample_peak(docker_engine, stack: Stack, peak: list, stop: threading.Event) -> None:
-    while not stop.is_set():
-        peak[0] = max(peak[0], len(docker_names(docker_engine, stack, all=True)))
-        stop.wait(0.1)
+           created_total=len(created), created_in_window=f"{len(in_window)} in {WINDOW_S}s",
+           gaps_s=[round(g, 1) for g in gaps], peak_containers=events.peak())
 
 
 def _metrics(text: str) -> dict[str, float]:

@@ -8,65 +8,13 @@ the survivors kept. conftest runs this module last: it stops the engine every te
 
 import os
 import signal
-import subprocess
-from pathlib import Path
 
-import docker.errors
 import pytest
-import requests.exceptions
 
-from conftest import wait_until
-from faultkit import Stopwatch, report, state_ids, wait_docker_matches_state, wait_pool
+from faultkit import DockerDaemon, Stopwatch, report, state_ids, wait_docker_matches_state, wait_pool
 from stack import Stack, chat
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.restarts_docker_engine]
-
-
-class DockerDaemon:
-    """The local dockerd, stopped and started again exactly as it was launched (the same
-    argv, environment, working directory and log)."""
-
-    def __init__(self, pid: int):
-        proc = Path(f"/proc/{pid}")
-        self.pid = pid
-        self.argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        self.env = dict(line.split(b"=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
-        self.cwd = os.readlink(proc / "cwd")
-        log = os.readlink(proc / "fd/1")
-        self.log = log if log.startswith("/") and os.path.isfile(log) else os.devnull
-
-    @classmethod
-    def find(cls) -> "DockerDaemon":
-        found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
-        if os.geteuid() != 0 or len(found) != 1:
-            pytest.skip("needs root and exactly one local dockerd to restart")
-        supervised = os.path.exists("/run/systemd/system") and subprocess.run(
-            ["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0
-        if supervised:
-            pytest.skip("dockerd is supervised by systemd, which would race this test's restart")
-        return cls(int(found[0]))
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM; with --live-restore it exits without stopping the containers."""
-        os.kill(self.pid, signal.SIGTERM)
-        wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), timeout, interval=0.05, message="dockerd to exit")
-
-    def start(self, engine, timeout: float = 60) -> None:
-        with open(self.log, "ab") as out:
-            process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = process.pid
-        wait_until(lambda: _answers(engine), timeout, interval=0.05, message="dockerd to answer again")
-
-    def running(self) -> bool:
-        return Path(f"/proc/{self.pid}").exists()
-
-
-def _answers(engine) -> bool:
-    try:
-        return engine.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return False
 
 
 @pytest.fixture

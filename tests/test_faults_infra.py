@@ -2,6 +2,7 @@
 two beats and two maintenance workers reconciling at once. Each test prints what it saw."""
 
 import random
+import re
 import threading
 import time
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import RedisServer, free_port, wait_until
-from faultkit import (Programs, Stopwatch, docker_names, poll_until_final, read_job, report, state_ids, submit,
+from faultkit import (DockerEvents, Programs, Stopwatch, poll_until_final, read_job, report, state_ids, submit,
                       wait_docker_matches_state, wait_pool)
 from stack import Stack, chat
 
@@ -128,54 +129,67 @@ def test_a_redis_restart_with_jobs_in_flight_loses_no_accepted_job(durable_redis
 
 def test_two_beats_and_two_pool_workers_never_overprovision_or_double_claim(
         redis_url, docker_engine, tmp_path, stopped_after):
+    """Two beats send every reconcile twice and two maintenance workers run them: the
+    passes still never start past max_total (Docker's own account of every container
+    created and removed, not a sampled list) and never hand a container out twice."""
     max_total = 4
     pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 2, "max_total": max_total,
             "env": {"BOOT_SECONDS": "1"}}
     stack = Stack(redis_url, "twobeats", tmp_path, pool, reconcile_interval_s=0.5, claim_timeout_s=30,
                   chat_timeout_s=10)
     stopped_after[0].append(stack)
-    stack.start("pool", "chat", "beat", "api")
+    events = DockerEvents(docker_engine, stack.deployment)  # from before the first container
     programs = Programs(stack)  # Stack keeps one process per name, and one beat schedule file
     stopped_after[1].append(programs)
-    programs.start("pool-b", "greenroom", "worker", "--queue", "pool", "--name", f"pool-b-{free_port()}@%h")
-    programs.start("beat-b", "greenroom", "beat", GREENROOM_STATE_DIR=str(tmp_path / "beat-b"))
-    with stack.client() as client:
-        wait_pool(client, idle=2)
-    peaks, stop = {"running": 0, "all": 0, "state": 0, "samples": 0}, threading.Event()
-    sampler = threading.Thread(target=_sample_counts, args=(docker_engine, stack, peaks, stop))
-    sampler.start()
+    peaks, stop = {"state": 0, "samples": 0}, threading.Event()
+    sampler = threading.Thread(target=_sample_state, args=(stack, peaks, stop))
     sessions, failures = [], []
-    clients = [threading.Thread(target=_open_and_close, args=(stack, time.monotonic() + 10, sessions, failures))
-               for _ in range(6)]
     try:
+        stack.start("pool", "chat", "beat", "api")
+        programs.start("pool-b", "greenroom", "worker", "--queue", "pool", "--name", f"pool-b-{free_port()}@%h")
+        programs.start("beat-b", "greenroom", "beat", GREENROOM_STATE_DIR=str(tmp_path / "beat-b"))
+        with stack.client() as client:
+            wait_pool(client, idle=2)
+        sampler.start()
+        clients = [threading.Thread(target=_open_and_close, args=(stack, time.monotonic() + 10, sessions, failures))
+                   for _ in range(6)]
         for thread in clients:
             thread.start()
         for thread in clients:
             thread.join(60)
+        with stack.client() as client:
+            wait_pool(client, idle=2, assigned=0)
+        wait_docker_matches_state(docker_engine, stack)
     finally:
         stop.set()
-        sampler.join(10)
+        if sampler.is_alive():
+            sampler.join(10)
+        events.close()
     assert not failures, failures
-    assert peaks["running"] <= max_total and peaks["all"] <= max_total, peaks
+    assert events.peak() <= max_total, events.seen
     assert peaks["state"] <= max_total, peaks
     containers = [container for _, container, _ in sessions]
     assert len(set(containers)) == len(containers), sessions  # no recycling: a container serves one session
-    with stack.client() as client:
-        wait_pool(client, idle=2, assigned=0)
-    wait_docker_matches_state(docker_engine, stack)
+    # both beats sent reconciles and both maintenance workers ran passes, all the while
+    alive = {"pool": stack.processes["pool"], "beat": stack.processes["beat"], **programs.running}
+    assert all(process.poll() is None for process in alive.values()), {k: p.poll() for k, p in alive.items()}
+    logs = {name: (stack.folder / f"{name}.log").read_text(errors="replace") for name in alive}
+    for beat in ("beat", "beat-b"):
+        assert logs[beat].count("Sending due task reconcile-pools") >= 2, beat
+    for worker in ("pool", "pool-b"):
+        assert re.search(r"Task greenroom\.pool\.reconcile\[[^]]+\] succeeded in [0-9.e-]+s: \{", logs[worker]), worker
     waited = sum(1 for _, _, warm in sessions if not warm)
     report("two beats, two pool workers", sessions=len(sessions), waited_for_a_container=waited,
-           peak_running=peaks["running"], peak_incl_exited=peaks["all"], peak_in_state=peaks["state"],
-           samples=peaks["samples"], max_total=max_total)
+           peak_containers=events.peak(), created=len(events.times("create")), peak_in_state=peaks["state"],
+           state_samples=peaks["samples"], max_total=max_total)
 
 
-def _sample_counts(docker_engine, stack: Stack, peaks: dict, stop: threading.Event) -> None:
+def _sample_state(stack: Stack, peaks: dict, stop: threading.Event) -> None:
+    """Containers in the pool's Redis state, sampled (Docker's count comes from its events)."""
     while not stop.is_set():
-        peaks["running"] = max(peaks["running"], len(docker_names(docker_engine, stack, all=False)))
-        peaks["all"] = max(peaks["all"], len(docker_names(docker_engine, stack, all=True)))
         peaks["state"] = max(peaks["state"], sum(len(ids) for ids in state_ids(stack).values()))
         peaks["samples"] += 1
-        stop.wait(0.1)
+        stop.wait(0.05)
 
 
 def _open_and_close(stack: Stack, until: float, sessions: list, failures: list) -> None:

@@ -1,11 +1,11 @@
 """Job records and their long polls, against the test session's redis-server."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import pool_manager.jobs
 from conftest import wait_until
 from pool_manager.errors import LimitExceeded
 from pool_manager.jobs import JobStore
@@ -22,6 +22,7 @@ def jobs(redis_url, deployment):
     client.close()
 
 
+POLL_S = 40  # a long poll's timeout, where the test needs it woken well before
 ROOMY = TenantLimits(sessions=1000, jobs_in_flight=1000, submissions_per_second=1000)
 
 
@@ -42,13 +43,22 @@ def test_create_returns_the_record_once(jobs):
     assert jobs.get("j1")["tenant"] == "acme"
 
 
-def test_a_long_poll_ends_when_its_job_does(jobs):
+def test_a_long_poll_is_woken_when_its_job_ends(jobs, monkeypatch):
+    """The job ends while the poll waits (it has read the job unfinished); the job's event
+    wakes it. The periodic re-read is pushed out past the poll's timeout, so nothing else
+    could end the wait before then."""
+    monkeypatch.setattr(pool_manager.jobs, "REREAD_S", 600)
     create(jobs, "j2", tenant="acme", request={})
-    threading.Timer(0.3, jobs.succeed, args=("j2", {"answer": 42})).start()
-    began = time.monotonic()
-    job = jobs.wait("j2", 10)
+    seen, read = [], jobs.get
+    monkeypatch.setattr(jobs, "get", lambda job_id: seen.append(job := read(job_id)) or job)
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(jobs.wait, "j2", POLL_S)
+        wait_until(lambda: seen and seen[0]["status"] == "queued" and "j2" in jobs.events._waiters, 5,
+                   message="the poll waiting, having read the job queued")
+        assert not poll.done()
+        jobs.succeed("j2", {"answer": 42})
+        job = poll.result(timeout=POLL_S / 2)  # woken, not timed out
     assert job["status"] == "succeeded" and job["result"] == {"answer": 42}
-    assert time.monotonic() - began < 5  # woken by the event, well before the timeout
 
 
 def test_a_long_poll_times_out_with_the_job_as_it_stands(jobs):

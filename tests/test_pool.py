@@ -1,5 +1,6 @@
 """Claim and reconcile against a real Redis and real containers of the reference image."""
 
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,41 @@ def test_restarted_manager_adopts_healthy_containers(make_manager, docker_engine
     assert {c.id: c.key for c in restarted.state.containers(POOL).values()} == keys  # read back from Docker
 
 
+def test_unknown_containers_neither_healthy_nor_booting_are_destroyed(make_manager, docker_engine):
+    """Labelled containers Redis does not know: the one that answers is adopted; one past
+    boot_timeout_s that never answered, and one that exited, are destroyed."""
+    manager = make_manager(target_idle=1, boot_timeout_s=2)  # the adopted one is the one idle wanted
+    runtime, spec = manager.pool_runtime(POOL), manager.settings.pools[POOL]
+
+    def start(name: str, **env) -> str:  # as a crashed manager would have left it, unrecorded
+        instance_id = f"gr-{POOL}-{name}-{secrets.token_hex(3)}"
+        runtime.create(instance_id, POOL, spec.model_copy(update={"env": spec.env | env}),
+                       manager.lifecycle.ports.allocate(instance_id), secrets.token_urlsafe(16))
+        return instance_id
+
+    healthy, stuck, exited = start("healthy"), start("stuck", FAULT_NEVER_HEALTHY="1"), start("exited",
+                                                                                          FAULT_CRASH_AT_BOOT="1")
+    created = runtime.inspect(stuck).created_at
+    wait_until(lambda: runtime.ready_endpoint(healthy, spec, runtime.inspect(healthy).port), 15, message="healthy")
+    wait_until(lambda: not runtime.inspect(exited).running, 15, message="the crashed one to exit")
+    wait_until(lambda: time.time() > created + spec.boot_timeout_s + 0.5, 15, message="boot_timeout_s to pass")
+    report = manager.reconcile(POOL)
+    assert (report.adopted, report.destroyed, report.started) == (1, 2, 0)
+    assert labelled(docker_engine, manager) == [healthy]
+    assert manager.state.states(POOL) == {healthy: "idle"}
+
+
+def test_jobs_waiting_in_line_are_demand_and_a_burst_of_them_boots_in_one_pass(make_manager):
+    manager = make_manager("process", target_idle=1, max_total=10)
+    fill(manager, 1)
+    for n in range(6):
+        manager.line.join(POOL, "tenant", f"job-{n}")
+    report = manager.reconcile(POOL)
+    assert report.started == 6  # target_idle 1 + 6 waiting, less the 1 idle: all in this pass
+    assert manager.reconcile(POOL).started == 0
+    wait_until(lambda: manager.state.counts(POOL)["idle"] == 7, 30, message="7 idle")
+
+
 def test_flush_while_booting_neither_leaks_nor_duplicates(make_manager, docker_engine):
     manager = make_manager(target_idle=3, env={"BOOT_SECONDS": "2"})
     manager.reconcile(POOL)
@@ -179,16 +215,20 @@ def test_scale_at_run_time(make_manager):
 
 
 def test_lowering_target_idle_retires_the_surplus_idle_containers(make_manager, docker_engine):
-    manager = make_manager(target_idle=4)
+    """The most recently idle go first. Two batches boot one after the other, so which two
+    are the newer is known without asking the state how it orders them."""
+    manager = make_manager(target_idle=2)
+    fill(manager, 2)
+    older = set(manager.state.containers(POOL))
+    manager.specs.scale(POOL, target_idle=4)
     fill(manager, 4)
     claim = manager.claim(POOL, "s-keep")
-    newest_two = set(manager.state.newest_idle(POOL, 2))  # the most recently idle go first
-    longest_idle = set(manager.state.containers(POOL)) - newest_two - {claim.container.id}
+    assert claim.container.id in older  # a claim takes the longest idle
     manager.specs.scale(POOL, target_idle=1)
     report = manager.reconcile(POOL)
     assert (report.retired, report.started) == (2, 0)
     assert manager.state.counts(POOL) == {"warming": 0, "idle": 1, "assigned": 1}
-    assert set(labelled(docker_engine, manager)) == longest_idle | {claim.container.id}  # gone from Docker too
+    assert set(labelled(docker_engine, manager)) == older  # the newer two are gone, from Docker too
     assert (manager.reconcile(POOL).retired, manager.reconcile(POOL).started) == (0, 0)  # idempotent
 
 
@@ -202,6 +242,20 @@ def test_process_runtime_serves_a_pool(make_manager):
                                json={"messages": [{"role": "user", "content": "my name is Ada"}]},
                                headers={"Authorization": f"Bearer {claim.container.key}"}).json()
     assert reply["choices"][0]["message"]["content"] == "Turn 1: nice to meet you, Ada."
+
+
+def test_auto_runtime_is_docker_where_an_engine_answers(make_manager, docker_engine):
+    manager = make_manager("auto", target_idle=1)
+    started = manager.reconcile(POOL).started_ids
+    assert manager.runtime_name(POOL) == "docker" and pool_status(manager).runtime == "docker"
+    assert labelled(docker_engine, manager) == started and len(started) == 1
+
+
+def test_auto_runtime_is_process_where_no_engine_answers(make_manager, tmp_path):
+    manager = make_manager("auto", target_idle=1, settings={"docker_host": f"unix://{tmp_path}/no-engine.sock"})
+    fill(manager, 1)
+    assert manager.runtime_name(POOL) == "process" and pool_status(manager).runtime == "process"
+    assert [i.id for i in manager.runtime("process").list_managed()] == list(manager.state.containers(POOL))
 
 
 def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, docker_engine):

@@ -2,13 +2,16 @@
 
 import os
 import pickle
+import re
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import wait_until
+from conftest import require, wait_until
 from pool_manager.jobs import JobStore
 from pool_manager.settings import load_settings
 from pool_manager.state import PoolState, connect_redis
@@ -112,6 +115,25 @@ def test_model_servers_listen_on_loopback_only(stack, docker_engine):
         assert listening.get(port) == {"127.0.0.1"}, listening.get(port)
 
 
+def test_the_api_never_holds_the_docker_socket(stack):
+    """After serving every kind of request, no process of the API (gunicorn and its
+    workers) has a connection to a Docker daemon's socket, while the pool worker, which
+    runs the containers, does (the check can see one)."""
+    with stack.client("admin") as admin:
+        wait_for_pool(admin, idle=1)
+        job = chat(admin, "hello")
+        assert job["status"] == "succeeded", job
+        assert admin.patch("/v1/pools/chatbot", json={"target_idle": 1}).status_code == 200
+        for path in ("/v1/pools", f"/v1/sessions/{job['session_id']}", "/metrics", "/readyz"):
+            assert admin.get(path).status_code == 200, path
+        admin.delete(f"/v1/sessions/{job['session_id']}")
+    connected = _docker_clients()
+    api = [pid for pid in _group(stack.processes["api"].pid)]
+    assert len(api) >= 2, api  # the gunicorn master and its worker
+    assert not {pid: held for pid in api if (held := _sockets(pid) & connected)}
+    assert any(_sockets(pid) & connected for pid in _group(stack.processes["pool"].pid))
+
+
 def _containers(stack) -> list:
     state = PoolState(connect_redis(stack.redis_url), stack.env["GREENROOM_DEPLOYMENT"])
     return list(state.containers("chatbot").values())
@@ -144,3 +166,40 @@ def _address(hex_address: str) -> str:
     if len(hex_address) == 8:
         return ".".join(str(b) for b in reversed(bytes.fromhex(hex_address)))
     return "::" if int(hex_address, 16) == 0 else hex_address
+
+
+DOCKER_SOCKET = re.compile(r"/docker[^/]*\.sock$")
+
+
+def _docker_clients() -> set[int]:
+    """Socket inodes of the client ends of every connection to a Docker daemon's socket
+    (`ss` lists the daemon's ends, bound to the socket's path, with their peers' inodes)."""
+    if not shutil.which("ss"):
+        require("`ss` (iproute2) is needed to see who holds the Docker socket")
+    rows = subprocess.run(["ss", "-xn"], capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+    return {int(fields[7]) for fields in map(str.split, rows) if len(fields) >= 8 and DOCKER_SOCKET.search(fields[4])}
+
+
+def _group(pgid: int) -> list[int]:
+    """Every process of a process group (a program and its children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _sockets(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from faultkit import (FINAL, JobEvents, docker_names, poll_until_final, report, submit, wait_docker_matches_state,
+from faultkit import (JobEvents, docker_names, poll_until_final, report, submit, wait_docker_matches_state,
                       wait_pool)
 from stack import Stack
 
@@ -31,6 +31,7 @@ class Job:
     submitted: float
     final: dict | None = None
     ended: float = 0.0
+    cancel_answer: int | None = None  # HTTP status of DELETE /v1/jobs/<id>, for a cancelled one
 
 
 @dataclass
@@ -75,15 +76,18 @@ def test_a_mixed_soak_loses_nothing_runs_nothing_twice_and_leaks_nothing(stack, 
         elapsed = time.monotonic() - began
         with stack.client() as client:
             for job in tally.jobs:
-                if job.final is None:
+                if job.final is None:  # its client stopped on an error (recorded in tally.errors)
                     job.final = poll_until_final(client, job.id, timeout=60)
+            assert not tally.errors, tally.errors
+            _assert_it_all_happened(tally)
             ids = [job.id for job in tally.jobs]
             assert len(ids) == len(set(ids)), "a job id was handed out twice"
-            assert all(job.final["status"] in FINAL for job in tally.jobs)
+            for job in tally.jobs:  # succeeded, or cancelled exactly when its cancel was accepted
+                expected = "cancelled" if job.cancel_answer == 200 else "succeeded"
+                assert job.final["status"] == expected, (job, job.final)
             succeeded_events = {job.id: events.count(job.id, "succeeded") for job in tally.jobs}
             assert all(n <= 1 for n in succeeded_events.values()), succeeded_events  # no job succeeded twice
             assert all(succeeded_events[job.id] == 1 for job in tally.jobs if job.final["status"] == "succeeded")
-            assert not tally.errors, tally.errors
             ids_by_state = wait_docker_matches_state(docker_engine, stack)
             assert len(ids_by_state["assigned"]) == len(tally.open_sessions)
             for session in list(tally.open_sessions):
@@ -130,6 +134,7 @@ def _act(client, action: str, mine: list[str], tally: Tally, rng: random.Random)
     if action == "cancel":
         cancelled = client.delete(f"/v1/jobs/{job.id}")
         assert cancelled.status_code in (200, 409), cancelled.text
+        job.cancel_answer = cancelled.status_code
         with tally.lock:
             tally.cancels[cancelled.status_code] += 1
     job.final = poll_until_final(client, job.id, timeout=60)
@@ -151,6 +156,19 @@ def _submit(client, kind: str, tally: Tally, session: str | None) -> Job:
     with tally.lock:
         tally.jobs.append(job)
     return job
+
+
+def _assert_it_all_happened(tally: Tally) -> None:
+    """The soak did what it is for (a soak too short for that fails rather than passing
+    on nothing): every kind of job was sent, cancels were accepted, sessions were opened
+    and closed, and some new sessions waited for a container."""
+    kinds = Counter(job.kind for job in tally.jobs)
+    assert kinds["new"] and kinds["follow_up"] and kinds["cancel"], kinds
+    assert tally.cancels[200], tally.cancels  # (a cancel that comes too late, 409, is allowed, not required)
+    assert tally.sessions_opened and tally.sessions_closed, (tally.sessions_opened, tally.sessions_closed)
+    waited = [job for job in tally.jobs if job.final["status"] == "succeeded"
+              and job.final["result"]["greenroom"]["timings"]["waited_for_container_s"] > 0]
+    assert waited, "no job waited for a container"
 
 
 def _report(tally: Tally, elapsed: float) -> None:
