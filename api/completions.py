@@ -11,6 +11,7 @@ from pool_manager.schemas import ID_PATTERN, ChatJob, JobView
 from .body import json_object
 from .auth import tenant
 from .errors import ApiError
+from .streams import counted, openai_chunks, sse_response
 from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
@@ -27,11 +28,11 @@ FAILURE_STATUS = {"no_container_available": 503, "container_lost": 502, "contain
 @bp.post("/completions")
 def completions():
     body = json_object()
-    stream = body.pop("stream", None)
-    if stream is True:
-        raise ApiError(422, "invalid_request", "stream: streaming is not supported", field="stream")
-    if stream is not None and stream is not False:  # 0, "" or {} are not false
-        raise ApiError(422, "invalid_request", "stream: must be false", field="stream")
+    stream = body.pop("stream", False)
+    if not isinstance(stream, bool):  # 0, "" or {} are not false
+        raise ApiError(422, "invalid_request", "stream: must be true or false", field="stream")
+    if not isinstance(body.get("stream_options", {}), dict):
+        raise ApiError(422, "invalid_request", "stream_options: must be an object", field="stream_options")
     session_id = body.pop("session_id", None)  # an empty one is invalid, not absent
     header = request.headers.get(SESSION_HEADER)
     if header is not None and not re.fullmatch(ID_PATTERN, header):  # checked even when the body wins
@@ -39,8 +40,11 @@ def completions():
     if session_id is None:
         session_id = header
     fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
-              "session_id": session_id, "options": body}
-    job = submit(ChatJob.model_validate(fields))
+              "session_id": session_id, "options": body, "stream": stream}
+    chat_job = ChatJob.model_validate(fields)
+    if stream:
+        return streamed(chat_job, include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+    job = submit(chat_job)
     with services().waits.hold(tenant()) as admitted:  # past the caps: a 202 at once, to poll
         job = services().jobs.wait(job["id"], services().settings.chat_wait_s if admitted else 0, stopping)
     headers = {SESSION_HEADER: job["session_id"]}
@@ -51,3 +55,18 @@ def completions():
         raise ApiError(FAILURE_STATUS.get(error["code"], 500), error["code"], error["message"], job_id=job["id"])
     headers["Location"] = url_for("jobs.read", job_id=job["id"])
     return JobView.of(job).public(), 202, headers
+
+
+def streamed(job: ChatJob, include_usage: bool):
+    """The reply as OpenAI streams it (streams.openai_chunks), from the moment it is queued."""
+    if not services().waits.enter(tenant()):
+        raise ApiError(429, "too_many_waits", "too many streams are open; try again in a second",
+                       headers={"Retry-After": "1"})
+    try:
+        record = submit(job)
+    except Exception:
+        services().waits.leave(tenant())
+        raise
+    response = sse_response(counted(tenant(), openai_chunks(record["id"], include_usage)))
+    response.headers[SESSION_HEADER] = record["session_id"]
+    return response

@@ -1,5 +1,7 @@
 """/v1/jobs: submit, poll (with long polling), cancel."""
 
+import re
+
 from flask import Blueprint, request, url_for
 
 from pool_manager.schemas import FINAL, ChatJob, JobView
@@ -8,6 +10,7 @@ from .auth import tenant, visible
 from .body import json_object
 from .errors import ApiError
 from .gone import client_gone
+from .streams import counted, job_events, sse_response
 from .gunicorn_conf import stopping
 from .services import services
 from .submit import submit
@@ -44,6 +47,20 @@ def cancel(job_id: str):
         if job["status"] != "cancelled":
             raise ApiError(409, "not_cancellable", f"the job is {job['status']}; only queued or waiting jobs cancel")
     return JobView.of(services().jobs.get(job_id)).public()
+
+
+@bp.get("/<job_id>/events")
+def events(job_id: str):
+    """The job's life as server-sent events; resumable with Last-Event-ID."""
+    visible_job(job_id)
+    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0-0"
+    if not re.fullmatch(r"\d{1,20}-\d{1,20}", after):
+        raise ApiError(422, "invalid_request", "Last-Event-ID: must be an event id of this stream, as "
+                                               "<milliseconds>-<sequence>", field="Last-Event-ID")
+    if not services().waits.enter(tenant()):
+        raise ApiError(429, "too_many_waits", "too many streams are open; try again in a second",
+                       headers={"Retry-After": "1"})
+    return sse_response(counted(tenant(), job_events(job_id, after)))
 
 
 def visible_job(job_id: str) -> dict:

@@ -18,13 +18,21 @@ class OpenWaits:
     @contextmanager
     def hold(self, tenant: str) -> Iterator[bool]:
         """Yields True while this wait is counted, False if a cap refused it."""
-        with self._lock:
-            admitted = sum(self._open.values()) < self.total and self._open[tenant] < self.per_tenant
-            if admitted:
-                self._open[tenant] += 1
+        admitted = self.enter(tenant)
         try:
             yield admitted
         finally:
             if admitted:
-                with self._lock:
-                    self._open[tenant] -= 1
+                self.leave(tenant)
+
+    def enter(self, tenant: str) -> bool:
+        """Count one more open wait of the tenant; False (nothing counted) over a cap."""
+        with self._lock:
+            if sum(self._open.values()) >= self.total or self._open[tenant] >= self.per_tenant:
+                return False
+            self._open[tenant] += 1
+            return True
+
+    def leave(self, tenant: str) -> None:
+        with self._lock:
+            self._open[tenant] -= 1

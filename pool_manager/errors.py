@@ -81,6 +81,10 @@ class ContainerTimeout(ContainerLost):
 class ModelError(GreenroomError):
     code = "model_error"
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status the model server answered, if it answered one
+
 
 class RuntimeFailure(GreenroomError):
     code = "runtime_failure"

@@ -1,6 +1,8 @@
 """Talking to model servers: one pooled HTTP client per process, health probes, and a
-POST whose whole reply is bounded in time and size. httpx's errors become greenroom's here."""
+POST whose whole reply, whole or streamed, is bounded in time and size. httpx's errors
+become greenroom's here."""
 
+import json
 import os
 import threading
 import time
@@ -33,15 +35,53 @@ def is_healthy(endpoint: str, health_path: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def post_bounded(url: str, payload: dict, key: str, within_s: float, max_bytes: int) -> tuple[int, bytes]:
-    """POST JSON with the server's bearer key; its status and whole body, read within
-    within_s of wall-clock time however slowly it trickles (ContainerTimeout) and never
-    past max_bytes (ModelError, the rest unread). ContainerLost: it stopped answering."""
+def post_bounded(url: str, payload: dict, key: str, within_s: float, max_bytes: int) -> dict:
+    """POST JSON with the server's bearer key; its JSON reply, read within within_s of
+    wall-clock time however slowly it trickles (ContainerTimeout) and never past max_bytes
+    (ModelError, the rest unread). ContainerLost: it stopped answering. ModelError (with
+    the status): it answered something other than 200 and JSON."""
+    with _reply(url, payload, key, within_s) as response:
+        body = _read_capped(response, max_bytes)
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ModelError("model server answered 200 with a body that is not JSON", 200) from exc
+
+
+def post_streamed(url: str, payload: dict, key: str, within_s: float, max_bytes: int) -> Iterator[dict]:
+    """As post_bounded, for a reply streamed as server-sent events: yields each event's
+    data (a chat.completion.chunk) as it arrives, until `data: [DONE]`, the whole within
+    within_s and max_bytes. A stream that ends before [DONE] is ContainerLost."""
+    with _reply(url, payload, key, within_s) as response:
+        size = 0
+        for line in response.iter_lines():
+            size += len(line) + 1
+            if size > max_bytes:
+                raise ModelError(f"the model server's reply is larger than {max_bytes} bytes")
+            if not line.startswith("data:"):
+                continue  # a comment, an event name, the blank line between events
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                return
+            try:
+                yield json.loads(data)
+            except ValueError as exc:
+                raise ModelError("the model server streamed a chunk that is not JSON", 200) from exc
+        raise ContainerLost("the model server's stream ended before [DONE]")
+
+
+@contextmanager
+def _reply(url: str, payload: dict, key: str, within_s: float) -> Iterator[httpx.Response]:
+    """The server's 200 response, open for reading until within_s has passed; its errors
+    translated."""
     deadline = time.monotonic() + within_s
     try:
         with http_client().stream("POST", url, json=payload, headers={"Authorization": f"Bearer {key}"},
                                   timeout=within_s) as response, _cut_off_at(deadline, response):
-            return response.status_code, _read_capped(response, max_bytes)
+            if response.status_code != 200:
+                text = _head(response, 500).decode(errors="replace")
+                raise ModelError(f"model server answered {response.status_code}: {text}", response.status_code)
+            yield response
     except httpx.TimeoutException as exc:
         raise ContainerTimeout(f"the model server gave no reply within {within_s:g}s") from exc
     except httpx.TransportError as exc:
@@ -68,6 +108,16 @@ def _shut(sock) -> None:
         sock.shutdown(2)  # SHUT_RDWR: the blocked recv returns, the connection is not reused
     except OSError:
         pass  # closed meanwhile
+
+
+def _head(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of the body (an error's text: the rest is not read)."""
+    head = b""
+    for chunk in response.iter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    return head[:limit]
 
 
 def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:

@@ -16,11 +16,13 @@ second reply can land. A delivery that finds another's live lease is a duplicate
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from redis import Redis
 
 from .job_events import JobEvents
+from .joblog import MAX_ENTRIES as LOG_ENTRIES
+from .joblog import Entry, JobLog
 from .keys import Keys
 from .errors import GreenroomError, LimitExceeded
 from .schemas import CANCELLABLE, FINAL
@@ -29,13 +31,14 @@ from .settings import TenantLimits
 # A long poll re-reads its job at least this often, events or not: events are lost only
 # while the listener reconnects, and it wakes every poll when it has.
 REREAD_S = 10.0
+LOGGED_FIELDS = ("position",)  # of a transition's fields, those its log entry carries
 
 # Admit and record a job, unless its id exists ('exists') or its tenant is over a limit
 # (the limit's name): submissions this second, jobs not yet final, sessions (active ones
 # and new ones on their way). Entries older than stale_before are dropped first (a job
-# lost without ending).
+# lost without ending). The job's log (joblog.py) starts with `queued`.
 _CREATE = """
-local job, jobs, sessions, new_sessions, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local job, jobs, sessions, new_sessions, rate, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local ttl, now, stale_before, job_id, new_session = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_rate, max_jobs, max_sessions = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('EXISTS', job) == 1 then return 'exists' end
@@ -51,16 +54,19 @@ end
 redis.call('ZADD', jobs, now, job_id)
 redis.call('HSET', job, unpack(ARGV, 9))
 redis.call('EXPIRE', job, ttl)
+redis.call('XADD', log, '*', 'event', 'queued', 'data', '{}')
+redis.call('EXPIRE', log, ttl)
 return 'created'
 """
 
 # Set fields and the status unless the job is already final, or (allowed_from given) its
 # status is not one of those, or (a delivery token given) that delivery no longer holds
 # the job. A final state drops the lease and the kept request, and the job leaves its
-# tenant's counts. Publishes the new status.
+# tenant's counts. Logs the new status (with log_data) and publishes it.
 _TRANSITION = """
-local key, channel, leases = KEYS[1], KEYS[2], KEYS[3]
+local key, channel, leases, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local new, allowed_from, ttl, delivery, job_id, tenants = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local log_data = ARGV[7]
 local final = {succeeded = true, failed = true, cancelled = true}
 local status = redis.call('HGET', key, 'status')
 if not status or final[status] then return 0 end
@@ -71,7 +77,7 @@ if allowed_from ~= '' then
   if not allowed then return 0 end
 end
 redis.call('HSET', key, 'status', new)
-for i = 7, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 if final[new] then
   redis.call('HDEL', key, 'request', 'delivery')
   redis.call('ZREM', leases, job_id)
@@ -79,7 +85,11 @@ if final[new] then
   redis.call('ZREM', tenants .. tenant .. ':jobs', job_id)
   redis.call('ZREM', tenants .. tenant .. ':new-sessions', job_id)
 end
-if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
+redis.call('XADD', log, 'MAXLEN', '~', """ + str(LOG_ENTRIES) + """, '*', 'event', new, 'data', log_data)
+if ttl ~= '' then
+  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', log, ttl)
+end
 redis.call('PUBLISH', channel, new)
 return 1
 """
@@ -139,6 +149,7 @@ class JobStore:
         self._release_lapsed = redis.register_script(_RELEASE_LAPSED)
         self.leases = self.keys.job_leases
         self.events = JobEvents(redis, self.keys.job_events(""))  # its listener starts on the first wait
+        self.log = JobLog(redis, self.keys, pending_ttl_s)
 
     def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict,
                limits: TenantLimits, new_session: bool) -> dict | None:
@@ -150,7 +161,8 @@ class JobStore:
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
                   "status": "queued", "created_at": repr(now), "request": json.dumps(request)}
         keys = [self.keys.job(job_id), *(self.keys.tenant(tenant, part)
-                                         for part in ("jobs", "sessions", "new-sessions", "rate"))]
+                                         for part in ("jobs", "sessions", "new-sessions", "rate")),
+                self.keys.job_log(job_id)]
         args = [self.pending_ttl_s, now, now - self.pending_ttl_s, job_id, int(new_session),
                 limits.submissions_per_second, limits.jobs_in_flight, limits.sessions]
         outcome = self._create(keys=keys, args=[*args, *(x for item in fields.items() for x in item)])
@@ -170,6 +182,13 @@ class JobStore:
             pipe.hset(self.keys.job(job_id), mapping=fields)
             pipe.expire(self.keys.job(job_id), self.result_ttl_s)
             pipe.execute()
+
+    def start_stream(self, job_id: str, delivery: str) -> bool:
+        """This delivery starts streaming the job's reply; False if an earlier delivery had
+        begun to (its chunks are in the log: readers are told to start over)."""
+        earlier = self.redis.hget(self.keys.job(job_id), "streamed_by")
+        self.redis.hset(self.keys.job(job_id), "streamed_by", delivery)
+        return earlier in (None, delivery)
 
     def start_session(self, session: str) -> bool:
         """Note that a session (tenant_session's name) has a job; True if it is new."""
@@ -193,9 +212,10 @@ class JobStore:
         delivery holds the job."""
         ttl = self.result_ttl_s if status in FINAL else ""
         pairs = [str(x) for k, v in fields.items() for x in (k, json.dumps(v) if isinstance(v, dict) else v)]
-        return bool(self._transition(keys=[self.keys.job(job_id), self.keys.job_events(job_id), self.leases],
-                                     args=[status, ",".join(allowed_from), ttl, delivery, job_id, self.keys.tenant(""),
-                                           *pairs]))
+        log_data = json.dumps({k: v for k, v in fields.items() if k in LOGGED_FIELDS})
+        keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.leases, self.keys.job_log(job_id)]
+        return bool(self._transition(keys=keys, args=[status, ",".join(allowed_from), ttl, delivery, job_id,
+                                                      self.keys.tenant(""), log_data, *pairs]))
 
     def succeed(self, job_id: str, result: dict, delivery: str = "") -> bool:
         return self.transition(job_id, "succeeded", delivery=delivery, result=result, finished_at=repr(time.time()))
@@ -236,6 +256,23 @@ class JobStore:
                 raise
             sent.append(job_id)
         return sent
+
+    def follow(self, job_id: str, after: str, until: float, idle_s: float, *stops: threading.Event
+               ) -> Iterator[Entry | None]:
+        """The job's log entries after the id `after`, as they are written, until one of a
+        final state, or until `until` (monotonic time) or a stop; None after each idle_s
+        without one (time for a keep-alive). Woken by the job's events, as wait is."""
+        with self.events.watch(job_id) as changed:
+            while time.monotonic() < until and not any(stop.is_set() for stop in stops):
+                changed.clear()  # before reading: an entry written meanwhile sets it again
+                entries = self.log.read(job_id, after)
+                for entry in entries:
+                    yield entry
+                    if entry.event in FINAL:
+                        return
+                    after = entry.id
+                if not entries and not changed.wait(max(0.0, min(idle_s, until - time.monotonic()))):
+                    yield None
 
     def wait(self, job_id: str, timeout: float, *stops: threading.Event) -> dict | None:
         """The job once final, or as it stands when timeout passes or one of stops is set

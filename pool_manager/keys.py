@@ -13,6 +13,7 @@
         session-started:<id>                set once a session's first job is accepted
         job:<id>                            a job's record (hash)
         job-events:<id>                     a job's status changes (pub/sub channel)
+        job-log:<id>                        a job's states and streamed chunks (stream; joblog.py)
         job-leases                          live deliveries' lease expiries (sorted set of job ids)
         lock:<name>, flag:<name>            locks (reconcile per pool, turn per session), re-run flags
         hist:<name>:<pool>                  a histogram's buckets, count and sum (hash)
@@ -53,6 +54,9 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         """A job's channel; job_events("") is the prefix every job's channel starts with."""
         return f"{self.prefix}job-events:{job_id}"
+
+    def job_log(self, job_id: str) -> str:
+        return f"{self.prefix}job-log:{job_id}"
 
     @property
     def job_leases(self) -> str:

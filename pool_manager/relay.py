@@ -7,7 +7,6 @@ the job's lease while it works (jobs.py); a duplicate delivery, which finds anot
 live lease, does nothing.
 """
 
-import json
 import logging
 import secrets
 import threading
@@ -21,15 +20,17 @@ from pydantic import ValidationError
 from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
                      LimitExceeded, ModelError, SessionBusy)
 from .heartbeat import Heartbeat
-from .httpclient import post_bounded
+from .chunks import Assembly
+from .httpclient import post_bounded, post_streamed
 from .jobs import JobStore
 from .manager import PoolManager
 from .schemas import ChatJob, tenant_of, tenant_session
 from .settings import SEND_TASK_TENANT
-from .state import Claim
+from .state import Claim, Container
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02  # how often a waiting job retries its claim
+STREAMED = {"stream": True, "stream_options": {"include_usage": True}}  # the record keeps the usage
 CHECK_S = 0.25  # how often it checks for cancellation and updates its place in line
 
 
@@ -56,11 +57,12 @@ class ChatRelay:
         self.heartbeat = Heartbeat(self.lease_s / 3)
 
     def serve(self, job_id: str, model: str, messages: list, session_id: str | None = None,
-              options: dict | None = None) -> dict | None:
+              options: dict | None = None, stream: bool = False) -> dict | None:
         """Run the job to a final state and return its record; None when another delivery
         holds the job (this one is a duplicate, to be dropped)."""
         public_session = session_id or job_id  # a new session is named after its first job
-        request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {}}
+        request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {},
+                   "stream": stream or None}
         request = {name: value for name, value in request.items() if value is not None}
         if not self._admit_send_task(job_id, str(model), str(public_session), request):
             return self.jobs.get(job_id)
@@ -122,17 +124,17 @@ class ChatRelay:
         deadline = time.monotonic() + self.settings.claim_timeout_s  # for every wait of this job together
         claim, waited = self._claim(delivery, model, session, deadline)
         try:
-            reply, in_container = self._relay(delivery, claim, session, body, deadline)
+            reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
         except ContainerLost as exc:
             delivery.check()  # the container is the new delivery's business now
             self.manager.close_session(session, reason="broken")
-            if not claim.new or isinstance(exc, ContainerTimeout):
+            if not claim.new or isinstance(exc, ContainerTimeout) or request.stream:  # (streamed: already out)
                 raise
             log.warning("job %s: container %s lost on a first message; retrying once", job_id, claim.container.id)
             self.manager.state.discard_session(session)
             claim, waited_again = self._claim(delivery, model, session, deadline)
             waited += waited_again
-            reply, in_container = self._relay(delivery, claim, session, body, deadline)
+            reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
         finished = time.time()
         reply["greenroom"] = {
             "job_id": job_id, "session_id": request.session_id or job_id, "container": claim.container.id,
@@ -195,26 +197,40 @@ class ChatRelay:
             self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
                                  delivery=delivery.token, position=position)
 
-    def _relay(self, delivery: Delivery, claim: Claim, session: str, body: dict,
+    def _relay(self, delivery: Delivery, claim: Claim, session: str, body: dict, stream: bool,
                deadline: float) -> tuple[dict, float]:
-        """POST the messages to the container, one message of a session at a time."""
+        """POST the messages to the container, one message of a session at a time; the
+        reply, and the time it took."""
         with self._session_turn(delivery, session, deadline):
             delivery.check()
             self.manager.renew(claim)
             began = time.monotonic()
-            status, raw = post_bounded(f"{claim.container.endpoint}/v1/chat/completions", body, claim.container.key,
-                                       self.settings.chat_timeout_s, self.settings.max_reply_bytes)
+            try:
+                reply = self._ask(delivery, claim.container, body, stream)
+            except ModelError as exc:
+                if exc.status and exc.status >= 500:  # the model failed: its memory is not to be trusted
+                    self.manager.close_session(session, reason="broken")
+                    self.manager.state.incr_stat(claim.container.pool, "model_failures")
+                raise
             in_container = time.monotonic() - began
             self.manager.renew(claim)
-        if status >= 500:  # the model failed, not the request: its memory is not to be trusted
-            self.manager.close_session(session, reason="broken")
-            self.manager.state.incr_stat(claim.container.pool, "model_failures")
-        if status != 200:
-            raise ModelError(f"model server answered {status}: {raw[:500].decode(errors='replace')}")
-        try:
-            return json.loads(raw), in_container
-        except ValueError as exc:
-            raise ModelError("model server answered 200 with a body that is not JSON") from exc
+        return reply, in_container
+
+    def _ask(self, delivery: Delivery, container: Container, body: dict, stream: bool) -> dict:
+        """The model's reply; streamed, each chunk goes to the job's log as it arrives."""
+        url, bounds = f"{container.endpoint}/v1/chat/completions", (self.settings.chat_timeout_s,
+                                                                     self.settings.max_reply_bytes)
+        if not stream:
+            return post_bounded(url, body, container.key, *bounds)
+        if not self.jobs.start_stream(delivery.job_id, delivery.token):
+            self.jobs.log.append(delivery.job_id, "restart", {"reason": "the worker streaming the reply was lost; "
+                                                                        "the reply starts over"})
+        assembly = Assembly()
+        for chunk in post_streamed(url, body | STREAMED, container.key, *bounds):
+            delivery.check()  # a lost delivery writes no more
+            self.jobs.log.append(delivery.job_id, "chunk", chunk)
+            assembly.add(chunk)
+        return assembly.completion()
 
     @contextmanager
     def _session_turn(self, delivery: Delivery, session: str, deadline: float):

@@ -39,6 +39,7 @@ class ChatJob(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     session_id: str | None = Field(None, pattern=ID_PATTERN)
     options: dict[str, Any] = {}  # passed to the model server (temperature, max_tokens, ...)
+    stream: bool = False  # the reply streamed, chunk by chunk, into the job's log (GET /v1/jobs/<id>/events)
 
     @field_validator("options")
     @classmethod

@@ -233,8 +233,8 @@ class RedisCommands:
 
 # ---------------------------------------------------------------- clients that ride out restarts
 
-def submit(client: httpx.Client, text: str, session_id: str | None = None) -> httpx.Response:
-    body = {"model": "chatbot", "messages": [{"role": "user", "content": text}]}
+def submit(client: httpx.Client, text: str, session_id: str | None = None, stream: bool = False) -> httpx.Response:
+    body = {"model": "chatbot", "messages": [{"role": "user", "content": text}], "stream": stream}
     if session_id:
         body["session_id"] = session_id
     return client.post("/v1/jobs", json=body)

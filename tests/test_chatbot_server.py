@@ -318,3 +318,45 @@ def test_logs_at_most_one_line_per_request(chatbot):
         chatbot.say("hi")
     chatbot.get("/nope")
     assert len(chatbot.log.read_text().splitlines()) - before <= 4
+
+
+# --- streaming -------------------------------------------------------------------------
+
+
+def sse_data(text: str) -> list[str]:
+    return [line.removeprefix("data: ") for line in text.split("\n") if line.startswith("data: ")]
+
+
+def test_a_streamed_reply_is_openai_chunks_then_done(chatbot):
+    response = chatbot.post(CHAT, json={"messages": [{"role": "user", "content": "my name is Ada"}], "stream": True,
+                                        "stream_options": {"include_usage": True}})
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    *chunks, done = sse_data(response.text)
+    assert done == "[DONE]"
+    chunks = [json.loads(chunk) for chunk in chunks]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Turn 1: nice to meet you, Ada."
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(text.split())
+
+
+def test_streamed_chunks_are_paced_and_faults_strike_mid_stream(start_chatbot):
+    paced = start_chatbot(STREAM_CHUNK_SECONDS="0.2")
+    paced.wait_healthy()
+    body = {"messages": [{"role": "user", "content": "hello"}], "stream": True}
+    began = time.monotonic()
+    with httpx.stream("POST", paced.url + CHAT, json=body, timeout=10) as response:
+        arrivals = [time.monotonic() - began for line in response.iter_lines() if line.startswith("data: ")]
+    assert arrivals[-1] - arrivals[0] >= 0.2 * (len(arrivals) - 2)  # they came as sent, not all at the end
+    exiting = start_chatbot(FAULT_EXIT_AFTER_CHUNKS="2")
+    exiting.wait_healthy()
+    with pytest.raises(httpx.RemoteProtocolError), \
+            httpx.stream("POST", exiting.url + CHAT, json=body, timeout=10) as response:
+        list(response.iter_lines())  # cut short: the chunked body never ends
+    assert exiting.proc.wait(5) == 1
+    hanging = start_chatbot(FAULT_HANG_AFTER_CHUNKS="1")
+    hanging.wait_healthy()
+    with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", hanging.url + CHAT, json=body, timeout=2) as response:
+        list(response.iter_lines())

@@ -94,3 +94,26 @@ def test_a_client_that_never_finishes_its_request_is_dropped(stack):
     with socket.create_connection((host, int(port)), timeout=30) as half_sent:
         half_sent.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         assert half_sent.recv(1024) == b""  # closed by the server (keep-alive, 5 s), not answered
+
+
+def test_two_hundred_open_event_streams_leave_the_api_answering(stack):
+    """200 SSE streams (GET /v1/jobs/<id>/events of queued jobs) held open at once."""
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    streams = []
+    for n in range(200):
+        tenant = ("acme", "globex", "initech", "admin")[n % 4]
+        request = (f"GET /v1/jobs/{queued_job(stack, tenant)}/events HTTP/1.1\r\nHost: {host}\r\n"
+                   f"Authorization: Bearer {TOKENS[tenant]}\r\n\r\n").encode()
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(request)
+        streams.append(sock)
+    try:
+        first = [sock.recv(4096) for sock in streams]  # each has begun: headers, retry, queued
+        assert all(b"200 OK" in head and b"text/event-stream" in head for head in first)
+        assert httpx.get(f"{stack.api_url}/healthz", timeout=5).status_code == 200
+        with stack.client("admin", timeout=5) as admin:
+            assert admin.post("/v1/jobs", json={"model": "chatbot", "messages": [
+                {"role": "user", "content": "x"}]}).status_code == 202
+    finally:
+        for sock in streams:
+            sock.close()

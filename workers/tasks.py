@@ -53,9 +53,11 @@ def request_reconcile(pool: str) -> None:
 
 @app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
           soft_time_limit=settings.chat_time_limit_s - 10)
-def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None) -> dict:
-    """Serve one chat message; the job id is the task id."""
-    record = relay().serve(self.request.id, model, messages, session_id, options)
+def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None,
+         stream: bool = False) -> dict:
+    """Serve one chat message; the job id is the task id. With stream, the reply's chunks
+    go to the job's log as they come (GET /v1/jobs/<id>/events); the result is whole."""
+    record = relay().serve(self.request.id, model, messages, session_id, options, stream)
     if record is None:  # a duplicate: another delivery holds the job; acknowledged, nothing stored
         raise Ignore()
     if record["status"] == "failed":

@@ -13,6 +13,12 @@ must carry it as a bearer token (401 otherwise); /healthz stays open.
   FAULT_TRICKLE_SECONDS=F      send each reply one byte at a time, F seconds apart
   FAULT_REPLY_PADDING=N        pad each reply with N bytes
   FAULT_ERROR_STATUS=NNN       answer chat requests with this HTTP status (a failing model)
+  FAULT_EXIT_AFTER_CHUNKS=N    a streamed reply: exit(1) right after its Nth chunk
+  FAULT_HANG_AFTER_CHUNKS=N    a streamed reply: never send more after its Nth chunk
+
+With `"stream": true` a reply comes as server-sent events, OpenAI's chat.completion.chunk
+objects one word each, STREAM_CHUNK_SECONDS apart, then `data: [DONE]`; with
+`stream_options.include_usage` a last chunk carries the usage.
 """
 
 import hmac
@@ -53,6 +59,9 @@ class Config:
     trickle_seconds: float  # 0 = send replies whole
     reply_padding: int
     error_status: int  # 0 = answer normally
+    chunk_seconds: float  # between the chunks of a streamed reply
+    exit_after_chunks: int  # 0 = never
+    hang_after_chunks: int  # 0 = never
     api_key: str  # "" = no key required
 
 
@@ -74,6 +83,9 @@ def load_config() -> Config:
         trickle_seconds=max(0.0, float(env("FAULT_TRICKLE_SECONDS") or 0)),
         reply_padding=max(0, int(env("FAULT_REPLY_PADDING") or 0)),
         error_status=int(env("FAULT_ERROR_STATUS") or 0),
+        chunk_seconds=max(0.0, float(env("STREAM_CHUNK_SECONDS") or 0)),
+        exit_after_chunks=int(env("FAULT_EXIT_AFTER_CHUNKS") or 0),
+        hang_after_chunks=int(env("FAULT_HANG_AFTER_CHUNKS") or 0),
         api_key=env("API_KEY", ""),
     )
 
@@ -175,6 +187,34 @@ def completion(model: str, messages: list, reply: str, turn: int, instance: str)
     }
 
 
+def stream_options(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage) of a request."""
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "invalid_request", "'stream' must be a boolean")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError(400, "invalid_request", "'stream_options' must be an object")
+    return stream, bool(options.get("include_usage"))
+
+
+def chunks_of(payload: dict, include_usage: bool) -> list[dict]:
+    """A completion as the chat.completion.chunk objects of a streamed reply: the role,
+    then a word each, then the finish reason (and the usage, if asked for)."""
+    base = {key: payload[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict, finish_reason=None, **extra) -> dict:
+        return base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]} | extra
+
+    words = payload["choices"][0]["message"]["content"].split(" ")
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": word if n == 0 else f" {word}"}) for n, word in enumerate(words)]
+    chunks.append(chunk({}, "stop", greenroom_container=payload["greenroom_container"]))
+    if include_usage:
+        chunks.append(base | {"choices": [], "usage": payload["usage"]})
+    return chunks
+
+
 def parse_json(raw: bytes):
     try:
         return json.loads(raw)
@@ -228,7 +268,9 @@ class ChatbotHandler(BaseHTTPRequestHandler):
         self.authorize()
         if not self.server.booted():
             raise RequestError(503, "booting", "the model is still loading")
-        model, messages = validate_chat_request(parse_json(raw))
+        body = parse_json(raw)
+        model, messages = validate_chat_request(body)
+        stream, include_usage = stream_options(body)
         config = self.server.config
         if config.hang_replies:
             threading.Event().wait()  # FAULT_HANG_REPLIES: never answer
@@ -240,7 +282,10 @@ class ChatbotHandler(BaseHTTPRequestHandler):
         payload = completion(model, messages, reply, turn, config.instance)
         if config.reply_padding:
             payload["padding"] = "x" * config.reply_padding
-        self.send_json(200, payload, last, trickle_seconds=config.trickle_seconds)
+        if stream:
+            self.send_stream(chunks_of(payload, include_usage))
+        else:
+            self.send_json(200, payload, last, trickle_seconds=config.trickle_seconds)
         if last:
             os._exit(1)  # FAULT_EXIT_AFTER_REPLIES: the reply is already flushed
 
@@ -292,6 +337,29 @@ class ChatbotHandler(BaseHTTPRequestHandler):
                 time.sleep(trickle_seconds)
         else:
             self.wfile.write(data)
+        self.wfile.flush()
+
+    def send_stream(self, chunks: list[dict]):
+        """Server-sent events, one chunk each, then [DONE], in HTTP chunked encoding (so a
+        reply cut short reads as cut short, not as a reply that ended)."""
+        config = self.server.config
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for sent, chunk in enumerate(chunks, start=1):
+            self.write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            if sent == config.exit_after_chunks:
+                os._exit(1)  # FAULT_EXIT_AFTER_CHUNKS
+            if sent == config.hang_after_chunks:
+                threading.Event().wait()  # FAULT_HANG_AFTER_CHUNKS
+            time.sleep(config.chunk_seconds)
+        self.write_chunk(b"data: [DONE]\n\n")
+        self.write_chunk(b"")  # the last chunk: the reply is whole
+
+    def write_chunk(self, data: bytes):
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
     def send_error(self, code, message=None, explain=None):
