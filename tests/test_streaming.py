@@ -12,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import wait_until
-from faultkit import poll_until_final, submit, wait_status
+from faultkit import poll_until_final, submit
 from stack import TOKENS, Stack, wait_for_pool
 
 pytestmark = pytest.mark.timeout(180)
