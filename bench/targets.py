@@ -61,6 +61,31 @@ def tenants_follow_up(result: dict) -> tuple:
     return flooded, 2 * alone, measured, flooded <= 2 * alone
 
 
+def streaming_first(result: dict) -> tuple:
+    overhead, floor = result["by_clients"]["1"]["overhead"]["first"]["p50"], result["ping"]["p50"]
+    measured = f"{overhead * MS:.1f} ms (2 x Celery round trip {floor * MS:.1f} ms = {2 * floor * MS:.1f} ms)"
+    return overhead, 2 * floor, measured, overhead <= 2 * floor
+
+
+def streaming_gap(result: dict) -> tuple:
+    gap = result["by_clients"]["1"]["overhead"]["gap"]["p50"]
+    return gap, 0.001, f"{gap * MS:.2f} ms", gap < 0.001
+
+
+def streaming_many(result: dict) -> tuple:
+    many = result["many"]
+    measured = f"{many['done']} of {many['streams']} reached [DONE], {many['error_count']} errors"
+    return many["error_count"], 0, measured, many["error_count"] == 0 and many["streams"] >= 200
+
+
+def connections_held(result: dict) -> tuple:
+    data = result["models"]["default"]
+    row = max(data["levels"], key=lambda r: r["open"])
+    p99 = row["healthz"]["p99"]
+    return p99, 0.050, f"/healthz p99 {p99 * MS:.1f} ms with {row['open']} long polls open; {data['held']} held", \
+        p99 < 0.050 and row["open"] >= 2000
+
+
 # (scenario, id, the goal, check: scenario result -> (value, limit, measured, met))
 TARGETS = [
     ("overhead", "overhead_p50_jobs",
@@ -81,6 +106,12 @@ TARGETS = [
     ("tenants", "tenants_follow_up_p99",
      "A quiet tenant's follow-up p99 while a noisy tenant floods the API: within 2x its p99 alone",
      tenants_follow_up),
+    ("connections", "connections_healthz_p99",
+     "2,000 long polls held by one API process, /healthz p99 under 50 ms meanwhile", connections_held),
+    ("streaming", "streaming_first_chunk", "Streamed reply, time to first chunk overhead p50: within 2x the bare "
+     "Celery round trip", streaming_first),
+    ("streaming", "streaming_gap", "Streamed reply, gap between chunks overhead p50: under 1 ms", streaming_gap),
+    ("streaming", "streaming_many", "200 concurrent streams held with no error", streaming_many),
 ]
 
 
