@@ -28,10 +28,13 @@ FAILURE_STATUS = {"no_container_available": 503, "container_lost": 502, "contain
 @bp.post("/completions")
 def completions():
     body = json_object()
-    stream = body.pop("stream", False)
-    if not isinstance(stream, bool):  # 0, "" or {} are not false
+    stream = body.pop("stream", None)
+    stream = False if stream is None else stream  # null is false, as OpenAI takes it; 0, "" or {} are not
+    if not isinstance(stream, bool):
         raise ApiError(422, "invalid_request", "stream: must be true or false", field="stream")
-    if not isinstance(body.get("stream_options", {}), dict):
+    stream_options = body.pop("stream_options", None)
+    stream_options = {} if stream_options is None else stream_options
+    if not isinstance(stream_options, dict):
         raise ApiError(422, "invalid_request", "stream_options: must be an object", field="stream_options")
     session_id = body.pop("session_id", None)  # an empty one is invalid, not absent
     header = request.headers.get(SESSION_HEADER)
@@ -43,7 +46,7 @@ def completions():
               "session_id": session_id, "options": body, "stream": stream}
     chat_job = ChatJob.model_validate(fields)
     if stream:
-        return streamed(chat_job, include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+        return streamed(chat_job, include_usage=bool(stream_options.get("include_usage")))
     job = submit(chat_job)
     with services().waits.hold(tenant()) as admitted:  # past the caps: a 202 at once, to poll
         job = services().jobs.wait(job["id"], services().settings.chat_wait_s if admitted else 0, stopping)

@@ -35,6 +35,10 @@ def _header(description: str) -> dict:
 
 
 LOCATION = _header("where to poll the job: /v1/jobs/<id>")
+SSE = "text/event-stream"
+# A server-sent event: its type (message when absent), its data (JSON) and its id.
+STREAMED = {"schema": {"type": "object", "required": ["data"], "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}}}}
 SESSION = _header("the job's session id, to continue the conversation")
 
 # Why each error status can happen; an operation lists only those it can answer.
@@ -94,7 +98,10 @@ def _schemas(settings: Settings) -> dict:
                 "model": job["properties"]["model"],
                 "messages": job["properties"]["messages"],
                 "session_id": job["properties"]["session_id"],
-                "stream": {"enum": [False, None], "description": "streaming is not supported"},
+                "stream": {"type": ["boolean", "null"],
+                           "description": "true: the reply as server-sent events, as OpenAI streams it"},
+                "stream_options": {"type": ["object", "null"],
+                                   "description": "include_usage: a last chunk with the usage"},
             },
         },
         "Error": {
@@ -151,6 +158,17 @@ def _paths(settings: Settings) -> dict:
                     "responses": {"200": job, **_errors(401, 404, 422, 429)}},
             "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or waiting job (idempotent)",
                        "responses": {"200": job, **_errors(401, 404, 409)}}},
+        "/v1/jobs/{job_id}/events": {
+            "parameters": [_path_param("job_id")],
+            "get": {"operationId": "getJobEvents",
+                    "summary": "The job's life as server-sent events (queued, waiting_for_container, running, chunk, "
+                               "restart, then succeeded, failed or cancelled with the job)",
+                    "parameters": [{"name": name, "in": where, "description": "resume after this event (empty: "
+                                                                             "from the start)",
+                                    "schema": {"type": "string", "pattern": r"^(\d{1,20}-\d{1,20})?$"}}
+                                   for name, where in (("Last-Event-ID", "header"), ("after", "query"))],
+                    "responses": {"200": {"description": "The events", "content": {SSE: STREAMED}},
+                                  **_errors(401, 404, 422, 429)}}},
         "/v1/chat/completions": {"post": {
             "operationId": "chatCompletion",
             "summary": "OpenAI-compatible chat; 202 with a job to poll if the reply takes longer than chat_wait_s",
@@ -158,7 +176,8 @@ def _paths(settings: Settings) -> dict:
                             "description": "the session, if the body names none (the body's session_id wins)",
                             "schema": {"type": "string", "pattern": ID_PATTERN}}],
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("OpenAIChatRequest")}}},
-            "responses": {"200": _body(_ref("ChatCompletion"), "The reply", **{"X-Greenroom-Session": SESSION}),
+            "responses": {"200": _body(_ref("ChatCompletion"), "The reply", **{"X-Greenroom-Session": SESSION})
+                          | {"content": {JSON: {"schema": _ref("ChatCompletion")}, SSE: STREAMED}},
                           "202": _body(_ref("JobView"), "Still running; poll it at Location", Location=LOCATION,
                                        **{"X-Greenroom-Session": SESSION}) | {"links": job_links},
                           **_errors(401, 404, 409, 429, 502, 503, 504, *BODY_ERRORS)}}},

@@ -46,8 +46,8 @@ def counted(tenant: str, events: Iterator[str]) -> Iterator[str]:
 
 def _entries(job_id: str, after: str) -> Iterator[Entry | None]:
     settings = services().settings
-    until = time.monotonic() + settings.chat_time_limit_s + 3 * settings.job_lease_s  # a requeue included
-    return services().jobs.follow(job_id, after, until, HEARTBEAT_S, stopping)
+    lifetime = min(settings.max_stream_s, settings.chat_time_limit_s + 3 * settings.job_lease_s)  # a requeue too
+    return services().jobs.follow(job_id, after, time.monotonic() + lifetime, HEARTBEAT_S, stopping)
 
 
 def job_events(job_id: str, after: str) -> Iterator[str]:

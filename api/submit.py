@@ -20,20 +20,17 @@ def submit(job: ChatJob) -> dict:
         raise ApiError(404, "unknown_model", f"no model named {job.model!r}; see GET /v1/pools")
     job_id = str(uuid.uuid4())
     session_id = job.session_id or job_id
-    session = tenant_session(tenant(), session_id)
-    new_session = not (job.session_id and svc.jobs.session_started(session))
-    if not new_session:
-        check_session_usable(session_id)
+    if job.session_id:
+        check_session_usable(job.session_id)
     try:
         record = svc.jobs.create(job_id, tenant=tenant(), model=job.model, session_id=session_id,
                                  request=job.task_kwargs(), limits=svc.settings.limits(tenant()),
-                                 new_session=new_session)
+                                 new_session=None if job.session_id else True)
     except LimitExceeded as exc:
         raise ApiError(429, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after_s)},
                        limit=exc.limit) from exc
     if record is None:
         raise ApiError(409, "conflict", "job id collision; retry")  # a uuid4 collision: never, in practice
-    svc.jobs.start_session(session)
     try:
         # The job record carries the result: no copy in Celery's result backend, and no
         # result subscription opened (and closed) per send.

@@ -25,7 +25,7 @@ from .joblog import MAX_ENTRIES as LOG_ENTRIES
 from .joblog import Entry, JobLog
 from .keys import Keys
 from .errors import GreenroomError, LimitExceeded
-from .schemas import CANCELLABLE, FINAL
+from .schemas import CANCELLABLE, FINAL, tenant_session
 from .settings import TenantLimits
 
 # A long poll re-reads its job at least this often, events or not: events are lost only
@@ -36,12 +36,15 @@ LOGGED_FIELDS = ("position",)  # of a transition's fields, those its log entry c
 # Admit and record a job, unless its id exists ('exists') or its tenant is over a limit
 # (the limit's name): submissions this second, jobs not yet final, sessions (active ones
 # and new ones on their way). Entries older than stale_before are dropped first (a job
-# lost without ending). The job's log (joblog.py) starts with `queued`.
+# lost without ending). new_session '?': a new session unless the session was started
+# before; either way it is marked started. The job's log (joblog.py) starts with `queued`.
 _CREATE = """
 local job, jobs, sessions, new_sessions, rate, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local started = KEYS[7]
 local ttl, now, stale_before, job_id, new_session = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_rate, max_jobs, max_sessions = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('EXISTS', job) == 1 then return 'exists' end
+if new_session == '?' then new_session = redis.call('EXISTS', started) == 1 and '0' or '1' end
 if redis.call('INCR', rate) == 1 then redis.call('EXPIRE', rate, 1) end
 if tonumber(redis.call('GET', rate)) > max_rate then return 'submissions_per_second' end
 redis.call('ZREMRANGEBYSCORE', jobs, '-inf', stale_before)
@@ -56,6 +59,7 @@ redis.call('HSET', job, unpack(ARGV, 9))
 redis.call('EXPIRE', job, ttl)
 redis.call('XADD', log, '*', 'event', 'queued', 'data', '{}')
 redis.call('EXPIRE', log, ttl)
+redis.call('SET', started, 1, 'EX', ttl)
 return 'created'
 """
 
@@ -94,8 +98,8 @@ redis.call('PUBLISH', channel, new)
 return 1
 """
 
-# A delivery takes the job: 'taken' unless it is final, or another delivery's lease on it
-# is still live ('held': this delivery is a duplicate and must not run).
+# A delivery takes the job: {'taken', tenant, created_at} unless it is final, or another
+# delivery's lease on it is still live ('held': this delivery is a duplicate and must not run).
 _TAKE = """
 local key, leases = KEYS[1], KEYS[2]
 local job_id, token, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -108,7 +112,7 @@ if holder and holder ~= '' and holder ~= token and lease and tonumber(lease) > n
 redis.call('HSET', key, 'delivery', token)
 redis.call('HINCRBY', key, 'deliveries', 1)
 redis.call('ZADD', leases, expiry, job_id)
-return 'taken'
+return {'taken', redis.call('HGET', key, 'tenant'), redis.call('HGET', key, 'created_at')}
 """
 
 # Push the lease out while the delivery still holds the job; 0 when it has lost it.
@@ -152,18 +156,20 @@ class JobStore:
         self.log = JobLog(redis, self.keys, pending_ttl_s)
 
     def create(self, job_id: str, *, tenant: str, model: str, session_id: str, request: dict,
-               limits: TenantLimits, new_session: bool) -> dict | None:
+               limits: TenantLimits, new_session: bool | None = None) -> dict | None:
         """Record a queued job and return it (as get would); None, and nothing changed,
         if the id exists already. `request` (the task's kwargs) is kept until the job ends,
         so that the job can be sent again if its worker dies. Raises LimitExceeded when the
-        tenant is over a limit (a new session counts against its sessions)."""
+        tenant is over a limit (a new session counts against its sessions; None: new unless
+        the session was started before). The session is marked started."""
         now = time.time()
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
                   "status": "queued", "created_at": repr(now), "request": json.dumps(request)}
         keys = [self.keys.job(job_id), *(self.keys.tenant(tenant, part)
                                          for part in ("jobs", "sessions", "new-sessions", "rate")),
-                self.keys.job_log(job_id)]
-        args = [self.pending_ttl_s, now, now - self.pending_ttl_s, job_id, int(new_session),
+                self.keys.job_log(job_id), self.keys.session_started(tenant_session(tenant, session_id))]
+        new = "?" if new_session is None else int(new_session)
+        args = [self.pending_ttl_s, now, now - self.pending_ttl_s, job_id, new,
                 limits.submissions_per_second, limits.jobs_in_flight, limits.sessions]
         outcome = self._create(keys=keys, args=[*args, *(x for item in fields.items() for x in item)])
         if outcome == "exists":
@@ -189,10 +195,6 @@ class JobStore:
         earlier = self.redis.hget(self.keys.job(job_id), "streamed_by")
         self.redis.hset(self.keys.job(job_id), "streamed_by", delivery)
         return earlier in (None, delivery)
-
-    def start_session(self, session: str) -> bool:
-        """Note that a session (tenant_session's name) has a job; True if it is new."""
-        return bool(self.redis.set(self.keys.session_started(session), 1, nx=True, ex=self.pending_ttl_s))
 
     def session_started(self, session: str) -> bool:
         return bool(self.redis.exists(self.keys.session_started(session)))
@@ -228,11 +230,15 @@ class JobStore:
         return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
 
     # deliveries and their leases
-    def take(self, job_id: str, delivery: str, lease_s: float) -> str:
-        """'taken' (this delivery serves the job, under a lease of lease_s), 'final', 'held'
-        (another delivery's lease is live: this one is a duplicate) or 'missing'."""
+    def take(self, job_id: str, delivery: str, lease_s: float) -> tuple[str, dict]:
+        """('taken', the job's tenant and created_at) when this delivery serves the job, under
+        a lease of lease_s; else ('final' | 'held' | 'missing', {}): 'held', another
+        delivery's lease is live, so this one is a duplicate."""
         now = time.time()
-        return self._take(keys=[self.keys.job(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
+        outcome = self._take(keys=[self.keys.job(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
+        if isinstance(outcome, list):
+            return outcome[0], {"tenant": outcome[1], "created_at": float(outcome[2])}
+        return outcome, {}
 
     def renew(self, job_id: str, delivery: str, lease_s: float) -> bool:
         """Push the lease out; False once the delivery no longer holds the job."""

@@ -67,30 +67,25 @@ class ChatRelay:
         if not self._admit_send_task(job_id, str(model), str(public_session), request):
             return self.jobs.get(job_id)
         token = secrets.token_hex(8)
-        taken = self.jobs.take(job_id, token, self.lease_s)
+        taken, job = self.jobs.take(job_id, token, self.lease_s)
         if taken == "held":
             return None
         if taken == "taken":
             with self.heartbeat.keep(lambda: self.jobs.renew(job_id, token, self.lease_s)) as lost:
-                job = self.jobs.get(job_id)
                 session = tenant_session(job["tenant"], public_session)
-                self._run_to_end(Delivery(job_id, token, lost), session, float(job["created_at"]), request)
+                self._run_to_end(Delivery(job_id, token, lost), session, job["created_at"], request)
         return self.jobs.get(job_id)
 
     def _admit_send_task(self, job_id: str, model: str, public_session: str, request: dict) -> bool:
         """A job sent with send_task has no record yet: it belongs to SEND_TASK_TENANT and is
         admitted within that tenant's limits (refused: recorded as failed). One submitted
         over HTTP was admitted by the API; for it this changes nothing."""
-        session = tenant_session(SEND_TASK_TENANT, public_session)
         try:
-            created = self.jobs.create(job_id, tenant=SEND_TASK_TENANT, model=model, session_id=public_session,
-                                       request=request, limits=self.settings.limits(SEND_TASK_TENANT),
-                                       new_session=not self.jobs.session_started(session))
+            self.jobs.create(job_id, tenant=SEND_TASK_TENANT, model=model, session_id=public_session,
+                             request=request, limits=self.settings.limits(SEND_TASK_TENANT))
         except LimitExceeded as exc:
             self.jobs.refuse(job_id, tenant=SEND_TASK_TENANT, model=model, session_id=public_session, error=exc)
             return False
-        if created:
-            self.jobs.start_session(session)
         return True
 
     def _run_to_end(self, delivery: Delivery, session: str, created_at: float, fields: dict) -> None:

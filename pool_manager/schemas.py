@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # no slashes, no dots-only: safe in paths and keys
 MAX_MESSAGES = 1000
@@ -39,7 +39,7 @@ class ChatJob(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     session_id: str | None = Field(None, pattern=ID_PATTERN)
     options: dict[str, Any] = {}  # passed to the model server (temperature, max_tokens, ...)
-    stream: bool = False  # the reply streamed, chunk by chunk, into the job's log (GET /v1/jobs/<id>/events)
+    stream: StrictBool = False  # the reply streamed, chunk by chunk, into the job's log (GET /v1/jobs/<id>/events)
 
     @field_validator("options")
     @classmethod

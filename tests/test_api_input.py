@@ -157,8 +157,10 @@ def test_schema_violations_are_422_naming_the_field(acme, body, field):
 
 
 def test_openai_endpoint_validation(acme):
-    assert error(acme.post("/v1/chat/completions", json={"model": "chatbot", "messages": MESSAGE, "stream": True})
-                 ) == (422, "invalid_request")
+    for bad in ({"stream": "yes"}, {"stream": 1}, {"stream": True, "stream_options": ["include_usage"]}):
+        response = acme.post("/v1/chat/completions", json={"model": "chatbot", "messages": MESSAGE} | bad)
+        assert error(response) == (422, "invalid_request")
+        assert response.json()["error"]["field"] in ("stream", "stream_options")
     assert error(acme.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MESSAGE})
                  ) == (404, "unknown_model")
 

@@ -26,9 +26,9 @@ from pool_manager.settings import reference_pool
 from stack import TOKENS, Stack
 
 POOL = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
-# chat_wait_s and max_wait_s short: with no workers, every chat answers 202 and every long
-# poll runs to its end; a 64 KiB body limit makes the 413 path reachable by the fuzzer.
-SETTINGS = {"max_body_bytes": 65536, "chat_wait_s": 0.2, "max_wait_s": 1}
+# chat_wait_s, max_wait_s and max_stream_s short: with no workers, every chat answers 202
+# and every long poll and stream runs to its end; a 64 KiB body limit makes the 413 path reachable by the fuzzer.
+SETTINGS = {"max_body_bytes": 65536, "chat_wait_s": 0.2, "max_wait_s": 1, "max_stream_s": 1}
 # Fixed, so CI runs the same requests each time; set them to explore further locally.
 SEED = int(os.environ.get("GREENROOM_FUZZ_SEED", "5"))
 MAX_EXAMPLES = int(os.environ.get("GREENROOM_FUZZ_EXAMPLES", "50"))

@@ -87,8 +87,8 @@ def test_concurrent_long_polls_share_one_subscription(jobs):
 
 def test_one_delivery_at_a_time_holds_a_job_and_a_lapsed_lease_is_sent_again_once(jobs):
     create(jobs, "j4", tenant="acme", request={"model": "chatbot"})
-    assert jobs.take("j4", "first", lease_s=0.5) == "taken"
-    assert jobs.take("j4", "second", lease_s=0.5) == "held"  # a duplicate while the first lives
+    assert jobs.take("j4", "first", lease_s=0.5)[0] == "taken"
+    assert jobs.take("j4", "second", lease_s=0.5)[0] == "held"  # a duplicate while the first lives
     assert jobs.renew("j4", "first", lease_s=0.5)
     sent = []
     assert jobs.requeue_lapsed(lambda job_id, kwargs: sent.append((job_id, kwargs))) == []  # still live
@@ -96,13 +96,13 @@ def test_one_delivery_at_a_time_holds_a_job_and_a_lapsed_lease_is_sent_again_onc
     assert jobs.requeue_lapsed(lambda job_id, kwargs: sent.append((job_id, kwargs))) == ["j4"]
     assert jobs.requeue_lapsed(lambda job_id, kwargs: sent.append((job_id, kwargs))) == []  # once
     assert sent == [("j4", {"model": "chatbot"})]
-    assert jobs.take("j4", "second", lease_s=5) == "taken"
+    assert jobs.take("j4", "second", lease_s=5)[0] == "taken"
     assert not jobs.renew("j4", "first", lease_s=5)  # the first is fenced out ...
     assert not jobs.succeed("j4", {"from": "first"}, delivery="first")  # ... and cannot answer
     assert jobs.succeed("j4", {"from": "second"}, delivery="second")
     assert jobs.get("j4")["result"] == {"from": "second"}
     assert "request" not in jobs.get("j4") and not jobs.redis.zscore(jobs.leases, "j4")
-    assert jobs.take("j4", "third", lease_s=5) == "final"
+    assert jobs.take("j4", "third", lease_s=5)[0] == "final"
 
 
 def test_a_requeue_that_cannot_send_is_retried(jobs):
