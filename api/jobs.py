@@ -36,6 +36,8 @@ def read(job_id: str):
                 raise ApiError(429, "too_many_waits", "too many long polls are open; poll again in a second",
                                headers={"Retry-After": "1"})
             job = jobs.wait(job_id, wait, stopping, gone) or job
+    if job["status"] == "waiting_for_container":  # its place now: the record has it as of when it parked
+        job["position"] = services().pools.place(job["model"], job["tenant"], job_id) or job.get("position")
     return JobView.of(job).public()
 
 

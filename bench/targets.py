@@ -86,6 +86,30 @@ def connections_held(result: dict) -> tuple:
         p99 < 0.050 and row["open"] >= 2000
 
 
+def waiting_calls(result: dict) -> tuple:
+    quiet, most = result["cost"][0], result["cost"][-1]
+    extra = (most["commands_per_s"] - quiet["commands_per_s"]) / most["waiting"]
+    measured = (f"{extra:.2f} per job per second ({most['commands_per_s']:.0f}/s with {most['waiting']} waiting, "
+                f"{quiet['commands_per_s']:.0f}/s with none)")
+    return extra, 1, measured, extra <= 1
+
+
+def waiting_threads(result: dict) -> tuple:
+    held = max(level["tasks_executing"] for level in result["cost"])
+    return held, 0, f"at most {held} chat tasks executing while up to {result['cost'][-1]['waiting']} wait", held == 0
+
+
+def waiting_handoff(result: dict) -> tuple:
+    p50 = result["idle_to_running"]["p50"]
+    return p50, 0.005, f"p50 {p50 * MS:.1f} ms, p99 {result['idle_to_running']['p99'] * MS:.1f} ms", p50 < 0.005
+
+
+def waiting_follow_up(result: dict) -> tuple:
+    alone, most = result["cost"][0]["follow_up"]["p50"], result["cost"][-1]["follow_up"]["p50"]
+    measured = f"p50 {most * MS:.1f} ms with {result['cost'][-1]['waiting']} waiting vs {alone * MS:.1f} ms with none"
+    return most, 1.1 * alone, measured, most <= 1.1 * alone
+
+
 # (scenario, id, the goal, check: scenario result -> (value, limit, measured, met))
 TARGETS = [
     ("overhead", "overhead_p50_jobs",
@@ -112,6 +136,13 @@ TARGETS = [
      "Celery round trip", streaming_first),
     ("streaming", "streaming_gap", "Streamed reply, gap between chunks overhead p50: under 1 ms", streaming_gap),
     ("streaming", "streaming_many", "200 concurrent streams held with no error", streaming_many),
+    ("waiting", "waiting_redis_calls", "Jobs waiting for a container: at most 1 Redis call per job per second",
+     waiting_calls),
+    ("waiting", "waiting_threads", "Jobs waiting for a container hold no worker thread", waiting_threads),
+    ("waiting", "waiting_idle_to_running", "A container turning idle to the head job running: p50 under 5 ms",
+     waiting_handoff),
+    ("waiting", "waiting_follow_up", "Follow-up latency with the most jobs waiting: within 10% of none waiting",
+     waiting_follow_up),
 ]
 
 

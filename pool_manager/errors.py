@@ -70,6 +70,12 @@ class DeliveryLost(GreenroomError):
     code = "delivery_lost"
 
 
+class Parked(GreenroomError):
+    """Not a failure: the job waits in line, and no worker holds it (handoff.py)."""
+
+    code = "parked"
+
+
 class ContainerLost(GreenroomError):
     code = "container_lost"
 

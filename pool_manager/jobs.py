@@ -66,11 +66,11 @@ return 'created'
 # Set fields and the status unless the job is already final, or (allowed_from given) its
 # status is not one of those, or (a delivery token given) that delivery no longer holds
 # the job. A final state drops the lease and the kept request, and the job leaves its
-# tenant's counts. Logs the new status (with log_data) and publishes it.
+# tenant's counts and its pool's line. Logs the new status (with log_data) and publishes it.
 _TRANSITION = """
 local key, channel, leases, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local new, allowed_from, ttl, delivery, job_id, tenants = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local log_data = ARGV[7]
+local log_data, pools = ARGV[7], ARGV[8]
 local final = {succeeded = true, failed = true, cancelled = true}
 local status = redis.call('HGET', key, 'status')
 if not status or final[status] then return 0 end
@@ -81,13 +81,18 @@ if allowed_from ~= '' then
   if not allowed then return 0 end
 end
 redis.call('HSET', key, 'status', new)
-for i = 8, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 if final[new] then
   redis.call('HDEL', key, 'request', 'delivery')
   redis.call('ZREM', leases, job_id)
   local tenant = redis.call('HGET', key, 'tenant')
   redis.call('ZREM', tenants .. tenant .. ':jobs', job_id)
   redis.call('ZREM', tenants .. tenant .. ':new-sessions', job_id)
+  local line = pools .. redis.call('HGET', key, 'model') .. ':waiting'
+  if redis.call('ZREM', line, job_id) == 1 then
+    redis.call('ZREM', line .. ':' .. tenant, job_id)
+    if redis.call('ZCARD', line .. ':' .. tenant) == 0 then redis.call('SREM', line .. '-tenants', tenant) end
+  end
 end
 redis.call('XADD', log, 'MAXLEN', '~', """ + str(LOG_ENTRIES) + """, '*', 'event', new, 'data', log_data)
 if ttl ~= '' then
@@ -98,8 +103,9 @@ redis.call('PUBLISH', channel, new)
 return 1
 """
 
-# A delivery takes the job: {'taken', tenant, created_at} unless it is final, or another
-# delivery's lease on it is still live ('held': this delivery is a duplicate and must not run).
+# A delivery takes the job: {'taken', tenant, created_at, parked_at, handed_at} unless it is
+# final, or another delivery's lease on it is still live ('held': this delivery is a
+# duplicate and must not run). A lease held by nobody (a handed job's) is anyone's.
 _TAKE = """
 local key, leases = KEYS[1], KEYS[2]
 local job_id, token, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -112,7 +118,7 @@ if holder and holder ~= '' and holder ~= token and lease and tonumber(lease) > n
 redis.call('HSET', key, 'delivery', token)
 redis.call('HINCRBY', key, 'deliveries', 1)
 redis.call('ZADD', leases, expiry, job_id)
-return {'taken', redis.call('HGET', key, 'tenant'), redis.call('HGET', key, 'created_at')}
+return {'taken', unpack(redis.call('HMGET', key, 'tenant', 'created_at', 'parked_at', 'handed_at'))}
 """
 
 # Push the lease out while the delivery still holds the job; 0 when it has lost it.
@@ -217,7 +223,7 @@ class JobStore:
         log_data = json.dumps({k: v for k, v in fields.items() if k in LOGGED_FIELDS})
         keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.leases, self.keys.job_log(job_id)]
         return bool(self._transition(keys=keys, args=[status, ",".join(allowed_from), ttl, delivery, job_id,
-                                                      self.keys.tenant(""), log_data, *pairs]))
+                                                      self.keys.tenant(""), log_data, self.keys.pools, *pairs]))
 
     def succeed(self, job_id: str, result: dict, delivery: str = "") -> bool:
         return self.transition(job_id, "succeeded", delivery=delivery, result=result, finished_at=repr(time.time()))
@@ -231,13 +237,15 @@ class JobStore:
 
     # deliveries and their leases
     def take(self, job_id: str, delivery: str, lease_s: float) -> tuple[str, dict]:
-        """('taken', the job's tenant and created_at) when this delivery serves the job, under
-        a lease of lease_s; else ('final' | 'held' | 'missing', {}): 'held', another
+        """('taken', the job's tenant, created_at and waited_s (parked in line)) when this
+        delivery serves the job, under a lease of lease_s; else ('final' | 'held' | 'missing', {}): 'held', another
         delivery's lease is live, so this one is a duplicate."""
         now = time.time()
         outcome = self._take(keys=[self.keys.job(job_id), self.leases], args=[job_id, delivery, now, now + lease_s])
         if isinstance(outcome, list):
-            return outcome[0], {"tenant": outcome[1], "created_at": float(outcome[2])}
+            _, tenant, created_at, parked_at, handed_at = outcome
+            waited_s = float(handed_at) - float(parked_at) if parked_at and handed_at else 0.0
+            return "taken", {"tenant": tenant, "created_at": float(created_at), "waited_s": waited_s}
         return outcome, {}
 
     def renew(self, job_id: str, delivery: str, lease_s: float) -> bool:

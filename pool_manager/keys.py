@@ -3,7 +3,8 @@
     greenroom:<deployment>:
         pool:<pool>:warming|idle|assigned   sorted sets of container ids by state (scores: created
                                             at, ready at, lease expiry)
-        pool:<pool>:waiting                 the pool's line of jobs (score: when each joined)
+        pool:<pool>:waiting                 the pool's line of parked jobs (score: when each joined;
+                                            per tenant: waiting:<tenant>, and waiting-tenants)
         pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt (and when a
                                             reconcile last ran), run-time scale
         pool:<pool>:retiring                containers being removed (sorted set, score: since when)
@@ -37,7 +38,12 @@ class Keys:
     def pool(self, pool: str, part: str) -> str:
         """part: a state (warming, idle, assigned), waiting, stats, info, overrides,
         retiring or events."""
-        return f"{self.prefix}pool:{pool}:{part}"
+        return f"{self.pools}{pool}:{part}"
+
+    @property
+    def pools(self) -> str:
+        """The prefix of every pool's keys: pools + <pool> + ":" + part is pool(pool, part)."""
+        return f"{self.prefix}pool:"
 
     def container(self, container_id: str) -> str:
         return f"{self.prefix}c:{container_id}"

@@ -4,6 +4,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from redis import RedisError
 
@@ -18,11 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics, backoff_s: tuple[float, float]):
+    def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics, backoff_s: tuple[float, float],
+                 on_idle: Callable[[str], object] = lambda pool: None):
         self.state = state
         self.ports = ports
         self.metrics = metrics
         self.backoff_s = backoff_s  # (first, longest) pause after consecutive boot failures
+        self.on_idle = on_idle  # on_idle(pool): a container of the pool just became idle
 
     def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
         """Create one container, recorded as warming before the runtime is asked, so
@@ -76,6 +79,7 @@ class Lifecycle:
         self.metrics.observe("boot_seconds", container.pool, booted_s)
         self.metrics.event(container.pool, "booted", container.id, booted_s)
         log.info("pool %s: %s ready in %.1fs", container.pool, container.id, booted_s)
+        self.on_idle(container.pool)
         return True
 
     @staticmethod

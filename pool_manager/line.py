@@ -18,7 +18,7 @@ from .keys import Keys
 
 # ahead(tenant, job_id, now, stale_before): how many jobs come before this one in the fair
 # order; a job not in line counts as joining now, last of its tenant. Lines are trimmed of
-# jobs older than stale_before first (their worker died; a resent job joins again).
+# jobs older than stale_before first (their job is gone).
 # Expects `all_key`, `tenants_key` and `line_prefix` to be set by the script that uses it.
 FAIR_PLACE = """
 local function ahead(tenant, job_id, now, stale_before)
@@ -67,12 +67,20 @@ if not redis.call('ZSCORE', all_key, job_id) then return 0 end
 return ahead(tenant, job_id, now, stale_before) + 1
 """
 
-# Leave the line.
+# leave_line(tenant, job_id): the job leaves the line (a tenant with no job left, the set
+# of tenants). Expects `all_key`, `tenants_key` and `line_prefix`, as FAIR_PLACE does.
+LEAVE_LINE = """
+local function leave_line(tenant, job_id)
+  redis.call('ZREM', all_key, job_id)
+  redis.call('ZREM', line_prefix .. tenant, job_id)
+  if redis.call('ZCARD', line_prefix .. tenant) == 0 then redis.call('SREM', tenants_key, tenant) end
+end
+"""
+
 _LEAVE = """
-local all_key, tenants_key, line = KEYS[1], KEYS[2], KEYS[3]
-redis.call('ZREM', all_key, ARGV[2])
-redis.call('ZREM', line, ARGV[2])
-if redis.call('ZCARD', line) == 0 then redis.call('SREM', tenants_key, ARGV[1]) end
+local all_key, tenants_key, line_prefix = KEYS[1], KEYS[2], ARGV[1]
+""" + LEAVE_LINE + """
+leave_line(ARGV[2], ARGV[3])
 """
 
 
@@ -80,7 +88,7 @@ class WaitingLine:
     def __init__(self, redis: Redis, keys: Keys, max_wait_s: float):
         self.redis = redis
         self.keys = keys
-        self.max_wait_s = max_wait_s  # no job waits longer: older entries are a dead worker's
+        self.max_wait_s = max_wait_s  # no job waits longer: older entries are stale (their job is gone)
         self._join = redis.register_script(_JOIN)
         self._place = redis.register_script(_PLACE)
         self._leave = redis.register_script(_LEAVE)
@@ -95,14 +103,14 @@ class WaitingLine:
         return self._place(keys=self._keys(pool), args=self._args(pool, tenant, job_id))
 
     def leave(self, pool: str, tenant: str, job_id: str) -> None:
-        self._leave(keys=[*self._keys(pool), self.keys.pool(pool, f"waiting:{tenant}")], args=[tenant, job_id])
+        self._leave(keys=self._keys(pool), args=[self.keys.pool(pool, "waiting:"), tenant, job_id])
 
     def size(self, pool: str) -> int:
         """Jobs in line younger than max_wait_s (a read only)."""
         return self.redis.zcount(self.keys.pool(pool, "waiting"), time.time() - self.max_wait_s, "+inf")
 
     def trimmed_size(self, pool: str) -> int:
-        """Jobs in line, after dropping those older than max_wait_s (a dead worker's)."""
+        """Jobs in line, after dropping those older than max_wait_s (stale)."""
         key = self.keys.pool(pool, "waiting")
         with self.redis.pipeline() as pipe:
             pipe.zremrangebyscore(key, "-inf", time.time() - self.max_wait_s)

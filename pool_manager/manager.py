@@ -4,11 +4,14 @@ session ends and reconcile passes. (Readers hold a PoolOverview instead.)"""
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from redis import Redis
 
 from .errors import RuntimeFailure, SessionClosed, SessionModelMismatch
+from .handoff import HandOff
 from .httpclient import is_healthy
+from .jobs import JobStore
 from .lifecycle import Lifecycle
 from .line import WaitingLine
 from .metrics import Metrics
@@ -24,15 +27,21 @@ LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after i
 
 
 class PoolManager:
-    def __init__(self, settings: Settings, redis: Redis | None = None):
+    def __init__(self, settings: Settings, redis: Redis | None = None,
+                 resume: Callable[[str, dict], None] | None = None):
+        """resume(job_id, kwargs) sends a parked job that was handed a container back to a
+        worker (handoff.py); without it, this manager hands nothing off."""
         self.settings = settings
         self.redis = redis or connect_redis(settings.redis_url)
         self.state = PoolState(self.redis, settings.deployment)
         self.specs = PoolSpecs(settings, self.state)
-        self.line = WaitingLine(self.redis, self.state.keys, settings.claim_timeout_s)
+        self.jobs = JobStore(self.redis, settings.deployment, result_ttl_s=settings.result_ttl_s)
+        self.line = WaitingLine(self.redis, self.state.keys, settings.line_max_age_s)
+        self.handoff = resume and HandOff(self.redis, self.state.keys, self.jobs, settings.claim_timeout_s,
+                                          settings.line_max_age_s, settings.job_lease_s, resume)
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
-                                   settings.boot_backoff_s)
+                                   settings.boot_backoff_s, on_idle=self.hand_off)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -71,7 +80,7 @@ class PoolManager:
         the same step). None: none for this job yet (wait, and claim again). Raises
         SessionClosed or SessionModelMismatch."""
         lease_s = self.specs.configured(pool).session_idle_ttl_s  # not scalable: no read of the overrides
-        result = self.state.claim(pool, session_id, lease_s, self.settings.claim_timeout_s, job_id)
+        result = self.state.claim(pool, session_id, lease_s, self.settings.line_max_age_s, job_id)
         if result is Refusal.EMPTY:
             return None
         if isinstance(result, Refusal):
@@ -99,10 +108,23 @@ class PoolManager:
         if spec.recycle and is_healthy(container.endpoint, spec.health_path):
             if self.state.move(container, "assigned", "idle"):
                 self.state.detach_session(container.id)
+                self.hand_off(container.pool)
                 return True
         if self.state.move(container, "assigned", None):
             self.lifecycle.destroy(container, self.pool_runtime(container.pool))
         return True
+
+    def park(self, pool: str, tenant: str, job_id: str, delivery: str) -> int:
+        """Park a job that found no container in the pool's line (handoff.py): its place, or
+        0 when the delivery no longer holds it. Someone must hand off after (a reconcile)."""
+        return self.handoff.park(pool, tenant, job_id, delivery)
+
+    def hand_off(self, pool: str) -> list[str]:
+        """Give the pool's idle containers to the jobs parked in its line, head first, and
+        send them again; fail those past their deadline. The ids sent."""
+        if self.handoff is None:
+            return []
+        return self.handoff.run(pool, self.specs.configured(pool).session_idle_ttl_s)
 
     # reconcile
     def reconcile(self, pool: str) -> ReconcileReport | None:
@@ -133,6 +155,7 @@ class PoolManager:
             raise
         self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()))  # the maintenance heartbeat
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
+        self.hand_off(pool)  # the safety net: containers adopted, or turned idle while no one handed off
         return report
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ class PoolOverview:
         self._state = PoolState(redis, settings.deployment)
         self._specs = PoolSpecs(settings, self._state)
         self._metrics = Metrics(redis, settings.deployment)
-        self._line = WaitingLine(redis, self._state.keys, settings.claim_timeout_s)
+        self._line = WaitingLine(redis, self._state.keys, settings.line_max_age_s)
 
     @property
     def pools(self) -> list[str]:
@@ -53,6 +53,11 @@ class PoolOverview:
     def reconciled_at(self, pool: str) -> float | None:
         """When the pool's last reconcile pass ended (the maintenance worker's heartbeat)."""
         return float(self._state.info(pool).get("reconciled_at") or 0) or None
+
+    def place(self, pool: str, tenant: str, job_id: str) -> int:
+        """A job's 1-based place in the pool's line now, 0 if it is not in line (the line's
+        script drops stale entries as it counts)."""
+        return self._line.place(pool, tenant, job_id)
 
     def line(self, pool: str) -> list[tuple[str, str, float]]:
         """The pool's line in the fair order: (job id, tenant, joined at)."""

@@ -4,7 +4,8 @@ session), relay the messages, record the reply with its timings.
 Idempotent by job id: a redelivered job finds its finished record, or, for a new session
 (whose id is the job id), the container it claimed the first time. Each delivery holds
 the job's lease while it works (jobs.py); a duplicate delivery, which finds another's
-live lease, does nothing.
+live lease, does nothing. A job that finds no container free parks in the pool's line
+and its delivery ends; the hand-off sends it again with a container (handoff.py).
 """
 
 import logging
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .errors import (ClaimTimeout, ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled,
-                     LimitExceeded, ModelError, SessionBusy)
+from .errors import (ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled, LimitExceeded,
+                     ModelError, Parked, SessionBusy)
 from .heartbeat import Heartbeat
 from .chunks import Assembly
 from .httpclient import post_bounded, post_streamed
@@ -29,9 +30,8 @@ from .settings import SEND_TASK_TENANT
 from .state import Claim, Container
 
 log = logging.getLogger(__name__)
-POLL_S = 0.02  # how often a waiting job retries its claim
+POLL_S = 0.02  # how often a message waits for its session's turn
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}  # the record keeps the usage
-CHECK_S = 0.25  # how often it checks for cancellation and updates its place in line
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Delivery:
     job_id: str
     token: str
     lost: threading.Event  # set once the lease lapsed and another delivery may have the job
+    waited_s: float  # how long the job waited parked in line, up to now
 
     def check(self) -> None:
         if self.lost.is_set():
@@ -58,8 +59,9 @@ class ChatRelay:
 
     def serve(self, job_id: str, model: str, messages: list, session_id: str | None = None,
               options: dict | None = None, stream: bool = False) -> dict | None:
-        """Run the job to a final state and return its record; None when another delivery
-        holds the job (this one is a duplicate, to be dropped)."""
+        """Run the job to a final state and return its record; None when this delivery ends
+        without an outcome: another holds the job (a duplicate, to be dropped), or the job
+        parked in line to be sent again."""
         public_session = session_id or job_id  # a new session is named after its first job
         request = {"model": model, "messages": messages, "session_id": session_id, "options": options or {},
                    "stream": stream or None}
@@ -73,7 +75,11 @@ class ChatRelay:
         if taken == "taken":
             with self.heartbeat.keep(lambda: self.jobs.renew(job_id, token, self.lease_s)) as lost:
                 session = tenant_session(job["tenant"], public_session)
-                self._run_to_end(Delivery(job_id, token, lost), session, job["created_at"], request)
+                try:
+                    self._run_to_end(Delivery(job_id, token, lost, job["waited_s"]), session, job["created_at"],
+                                     request)
+                except Parked:
+                    return None
         return self.jobs.get(job_id)
 
     def _admit_send_task(self, job_id: str, model: str, public_session: str, request: dict) -> bool:
@@ -101,6 +107,8 @@ class ChatRelay:
             return
         except (JobCancelled, DeliveryLost):
             return
+        except Parked:
+            raise
         except GreenroomError as exc:
             self.jobs.fail(job_id, exc.code, str(exc), token)
             outcome = "failed"
@@ -116,8 +124,8 @@ class ChatRelay:
         job_id, model = delivery.job_id, request.model
         body = request.options | {"model": model, "messages": request.model_dump(mode="json")["messages"]}
         began = time.time()
-        deadline = time.monotonic() + self.settings.claim_timeout_s  # for every wait of this job together
-        claim, waited = self._claim(delivery, model, session, deadline)
+        deadline = time.monotonic() + self.settings.claim_timeout_s  # for the session's turn
+        claim = self._claim(delivery, model, session)
         try:
             reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
         except ContainerLost as exc:
@@ -127,10 +135,9 @@ class ChatRelay:
                 raise
             log.warning("job %s: container %s lost on a first message; retrying once", job_id, claim.container.id)
             self.manager.state.discard_session(session)
-            claim, waited_again = self._claim(delivery, model, session, deadline)
-            waited += waited_again
+            claim = self._claim(delivery, model, session)
             reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
-        finished = time.time()
+        finished, waited = time.time(), delivery.waited_s
         reply["greenroom"] = {
             "job_id": job_id, "session_id": request.session_id or job_id, "container": claim.container.id,
             "warm": waited == 0.0, "new_session": claim.new,
@@ -139,32 +146,22 @@ class ChatRelay:
         }
         return reply
 
-    def _claim(self, delivery: Delivery, pool: str, session: str, deadline: float) -> tuple[Claim, float]:
-        """Claim at once, or wait in line while the pool boots more; the wait is 0.0 when
-        a container was ready."""
-        job_id = delivery.job_id
-        began = time.monotonic()
-        waiting = False
-        next_check = began
-        try:
-            while (claim := self.manager.claim(pool, session, job_id)) is None:
-                if not waiting:
-                    waiting = True
-                    self._enter_line(delivery, pool, tenant_of(session))
-                if (now := time.monotonic()) >= next_check:
-                    delivery.check()
-                    self._check_still_wanted(delivery, pool, tenant_of(session))
-                    next_check = now + CHECK_S
-                if now > deadline:
-                    raise ClaimTimeout(f"no {pool!r} container became free in {self.settings.claim_timeout_s}s")
-                time.sleep(POLL_S)
-        finally:
-            if waiting and not delivery.lost.is_set():  # a lost delivery's place is its successor's
-                self.manager.line.leave(pool, tenant_of(session), job_id)
-        waited = (time.monotonic() - began) if waiting else 0.0
+    def _claim(self, delivery: Delivery, pool: str, session: str) -> Claim:
+        """The session's container, or a warm one for a new session. None free: the job parks
+        in line (Parked), to be sent again once the hand-off gives it one."""
+        job_id, waited = delivery.job_id, delivery.waited_s
+        claim = self.manager.claim(pool, session, job_id)
+        if claim is None:
+            delivery.check()
+            if self.manager.park(pool, tenant_of(session), job_id, delivery.token):
+                self.request_reconcile(pool)  # the line is demand: boot for it, and hand off after
+                raise Parked(job_id)
+            if (self.jobs.get(job_id) or {}).get("status") == "cancelled":
+                raise JobCancelled(job_id)
+            raise DeliveryLost(f"job {job_id} was handed to another delivery")
         if claim.new:
             self.request_reconcile(pool)  # replace the container just taken, now
-            self.manager.state.incr_stat(pool, "claims_waited" if waiting else "claims_warm")
+            self.manager.state.incr_stat(pool, "claims_waited" if waited else "claims_warm")
             self.manager.metrics.observe("claim_wait_seconds", pool, waited)
         if not self.jobs.transition(job_id, "running", allowed_from=("queued", "waiting_for_container", "running"),
                                     delivery=delivery.token, container=claim.container.id):
@@ -173,24 +170,7 @@ class ChatRelay:
             if claim.new:
                 self.manager.close_session(session)
             raise JobCancelled(job_id)
-        return claim, waited
-
-    def _enter_line(self, delivery: Delivery, pool: str, tenant: str) -> None:
-        """Join the pool's line, or keep the place an earlier delivery of the job had."""
-        position = self.manager.line.join(pool, tenant, delivery.job_id)
-        self.jobs.transition(delivery.job_id, "waiting_for_container", allowed_from=("queued", "waiting_for_container"),
-                             delivery=delivery.token, position=position)
-        self.request_reconcile(pool)  # the line is demand: boot for it without waiting for beat
-
-    def _check_still_wanted(self, delivery: Delivery, pool: str, tenant: str) -> None:
-        job_id = delivery.job_id
-        job = self.jobs.get(job_id)
-        if job is None or job["status"] == "cancelled":
-            raise JobCancelled(job_id)
-        position = self.manager.line.place(pool, tenant, job_id)
-        if str(position) != job.get("position"):
-            self.jobs.transition(job_id, "waiting_for_container", allowed_from=("waiting_for_container",),
-                                 delivery=delivery.token, position=position)
+        return claim
 
     def _relay(self, delivery: Delivery, claim: Claim, session: str, body: dict, stream: bool,
                deadline: float) -> tuple[dict, float]:

@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         return self.claim_timeout_s + 2 * self.chat_timeout_s + 10
 
     @property
+    def line_max_age_s(self) -> float:
+        """Older entries in a pool's line are stale (their job is gone) and dropped. A parked
+        job past claim_timeout_s is failed by the next hand-off well before that."""
+        return self.claim_timeout_s + 60
+
+    @property
     def visibility_timeout_s(self) -> int:
         """Longer than the longest task, or running jobs would be redelivered (celery#5935)."""
         return int(self.chat_time_limit_s + 10)

@@ -16,7 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .keys import POOL_STATES, Keys
-from .line import FAIR_PLACE
+from .line import FAIR_PLACE, LEAVE_LINE
 from .schemas import tenant_of
 
 # A Redis restart (a few seconds) is ridden out: a command that meets a connection error
@@ -26,32 +26,46 @@ REDIS_CONNECTIONS = 64  # per client (process): more callers wait their turn
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 RETIRING_KEEP_S = 3600  # a removal stuck longer than this leaves the retiring set (its record stays)
 
+# assign(session_key, session_name, job_id, tenant_keys): the longest-idle container goes
+# to a new session, under a lease; the session joins its tenant's active sessions, and its
+# job is no longer a new session on its way. Returns the container's id. Expects `idle`,
+# `assigned`, `records`, `pool`, `now` and `lease_until` to be set by the script that uses it.
+ASSIGN = """
+local function assign(session_key, session_name, job_id, tenant_keys)
+  local id = redis.call('ZPOPMIN', idle)[1]
+  redis.call('ZADD', assigned, lease_until, id)
+  redis.call('HSET', records .. id, 'state', 'assigned', 'session', session_name, 'assigned_at', now)
+  redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
+  redis.call('SADD', tenant_keys .. 'sessions', session_name)
+  redis.call('ZREM', tenant_keys .. 'new-sessions', job_id)
+  return id
+end
+"""
+
 # Claim for a session: its existing container, else the longest-idle one. New sessions
 # are served in the line's fair order (line.py): a job gets an idle container only while
 # fewer live jobs come before it in line (all of them, if it is not in line) than there
-# are idle containers. A job that waited leaves the line in the same step, so no
-# reconcile counts it as demand after; the session joins its tenant's active sessions.
-# Returns {"new"|"existing", the container's hash} or {a Refusal's value}.
+# are idle containers. A session opened for a parked job by the hand-off (handoff.py)
+# reads as new to that job, once. Returns {"new"|"existing", the container's hash} or
+# {a Refusal's value}.
 _CLAIM = """
 local session_key, idle, assigned, all_key, tenants_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local session_id, pool, lease_until, now, records, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local stale_before, line_prefix, tenant, tenant_keys = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-""" + FAIR_PLACE + """
-local session = redis.call('HMGET', session_key, 'container', 'state')
-if session[2] == 'active' then return {'existing', redis.call('HGETALL', records .. session[1])} end
+""" + FAIR_PLACE + ASSIGN + LEAVE_LINE + """
+local session = redis.call('HMGET', session_key, 'container', 'state', 'handed_to')
+if session[2] == 'active' then
+  local found = 'existing'
+  if session[3] == job_id then
+    redis.call('HDEL', session_key, 'handed_to')
+    found = 'new'
+  end
+  return {found, redis.call('HGETALL', records .. session[1])}
+end
 if session[2] then return {session[2]} end
 if ahead(tenant, job_id, now, stale_before) >= redis.call('ZCARD', idle) then return {'empty'} end
-local popped = redis.call('ZPOPMIN', idle)
-if #popped == 0 then return {'empty'} end
-local id = popped[1]
-redis.call('ZADD', assigned, lease_until, id)
-redis.call('HSET', records .. id, 'state', 'assigned', 'session', session_id, 'assigned_at', now)
-redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
-redis.call('ZREM', all_key, job_id)
-redis.call('ZREM', line_prefix .. tenant, job_id)
-if redis.call('ZCARD', line_prefix .. tenant) == 0 then redis.call('SREM', tenants_key, tenant) end
-redis.call('SADD', tenant_keys .. 'sessions', session_id)
-redis.call('ZREM', tenant_keys .. 'new-sessions', job_id)
+local id = assign(session_key, session_id, job_id, tenant_keys)
+leave_line(tenant, job_id)
 return {'new', redis.call('HGETALL', records .. id)}
 """
 

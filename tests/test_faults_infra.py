@@ -8,10 +8,12 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from conftest import RedisServer, free_port, wait_until
 from faultkit import (DockerEvents, Programs, Stopwatch, poll_until_final, read_job, report, state_ids, submit,
-                      wait_docker_matches_state, wait_pool)
+                      wait_docker_matches_state, wait_pool, wait_status)
+from pool_manager.keys import Keys
 from stack import Stack, chat
 
 pytestmark = pytest.mark.timeout(180)
@@ -125,6 +127,31 @@ def test_a_redis_restart_with_jobs_in_flight_loses_no_accepted_job(durable_redis
         assert all(process.poll() is None for process in stack.processes.values())
         report("redis restart", accepted=len(accepted), final=sorted({job["status"] for job in jobs}),
                refused=refused, redis_back_s=back, all_jobs_final_s=all_final, pool_back_s=pool_back)
+
+
+def test_a_job_parked_in_line_survives_a_redis_restart(durable_redis, docker_engine, tmp_path, stopped_after):
+    """A job waiting for a container is held by no worker: it is parked in Redis (kept in
+    the append-only file). Redis restarts while it waits; the container booting for it
+    goes to it once ready, and it succeeds, sent again once (handed), never requeued."""
+    pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 0, "max_total": 1,
+            "env": {"BOOT_SECONDS": "6"}}
+    stack = Stack(durable_redis.url, "parked", tmp_path, pool, claim_timeout_s=60, reconcile_interval_s=1)
+    stopped_after[0].append(stack)
+    stack.start("pool", "chat", "beat", "api")
+    with stack.client(timeout=15) as client:
+        job_id = submit(client, "hello after a restart").json()["id"]
+        assert wait_status(client, job_id, "waiting_for_container")["position"] == 1
+        clock = restart(durable_redis)
+        job = poll_until_final(client, job_id, timeout=90)
+        finished = clock()
+        assert job["status"] == "succeeded", job
+        with redis.Redis.from_url(stack.redis_url, decode_responses=True) as raw:
+            record = raw.hgetall(Keys(stack.deployment).job(job_id))
+        assert record["deliveries"] == "2" and "requeued" not in record, record
+        client.delete(f"/v1/sessions/{job_id}")
+        wait_pool(client, 60, idle=0, assigned=0, warming=0)
+        wait_docker_matches_state(docker_engine, stack)
+    report("job parked across a redis restart", finished_after_restart_s=finished)
 
 
 def test_two_beats_and_two_pool_workers_never_overprovision_or_double_claim(

@@ -276,7 +276,7 @@ def test_tiles_follow_the_records_and_a_removal_reads_retiring(board_parts):
 
 def test_the_line_reads_in_the_fair_order_the_claim_counts(board_parts):
     settings, client, state = board_parts
-    line = WaitingLine(client, state.keys, settings.claim_timeout_s)
+    line = WaitingLine(client, state.keys, settings.line_max_age_s)
     arrivals = [("acme", "a1"), ("acme", "a2"), ("acme", "a3"), ("globex", "g1"), ("initech", "i1"), ("globex", "g2")]
     for tenant, job in arrivals:
         line.join("chatbot", tenant, job)

@@ -7,7 +7,6 @@ from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready
 
 from pool_manager.errors import GreenroomError
-from pool_manager.jobs import JobStore
 from pool_manager.manager import PoolManager
 from pool_manager.relay import ChatRelay
 from pool_manager.schemas import tenant_session
@@ -29,9 +28,8 @@ class ChatFailed(GreenroomError):
 @lru_cache(maxsize=1)
 def relay() -> ChatRelay:
     """Redis and Docker clients for this process, built on first use (after any fork)."""
-    manager = PoolManager(settings)
-    jobs = JobStore(manager.redis, settings.deployment, result_ttl_s=settings.result_ttl_s)
-    return ChatRelay(manager, jobs, request_reconcile)
+    manager = PoolManager(settings, resume=_send_again)
+    return ChatRelay(manager, manager.jobs, request_reconcile)
 
 
 @worker_process_init.connect
@@ -58,7 +56,7 @@ def chat(self, model: str, messages: list, session_id: str | None = None, option
     """Serve one chat message; the job id is the task id. With stream, the reply's chunks
     go to the job's log as they come (GET /v1/jobs/<id>/events); the result is whole."""
     record = relay().serve(self.request.id, model, messages, session_id, options, stream)
-    if record is None:  # a duplicate: another delivery holds the job; acknowledged, nothing stored
+    if record is None:  # a duplicate, or parked to be sent again: acknowledged, nothing stored
         raise Ignore()
     if record["status"] == "failed":
         raise ChatFailed(f"{record['error']['code']}: {record['error']['message']}")
@@ -94,6 +92,7 @@ def requeue_lapsed_jobs() -> list[str]:
 
 
 def _send_again(job_id: str, kwargs: dict) -> None:
+    """Send a job again under its id: its worker died, or it was handed a container."""
     # HTTP jobs keep their result in the job record; send_task callers read Celery's backend.
     from_http = (relay().jobs.get(job_id) or {}).get("tenant") != SEND_TASK_TENANT
     chat.apply_async(kwargs=kwargs, task_id=job_id, queue=CHAT_QUEUE, ignore_result=from_http)

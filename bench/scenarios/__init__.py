@@ -3,7 +3,8 @@ run(ctx) -> a JSON-able dict (with "params" and "plots"), and markdown(result) -
 
 import importlib
 
-NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "refill", "scale", "tenants", "connections", "streaming")
+NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "refill", "scale", "tenants", "connections", "streaming",
+         "waiting")
 
 
 def load(name: str):
