@@ -140,7 +140,8 @@ def compose_stack(request, docker_engine, tmp_path):
         "secrets": {"redis": secrets.token_hex(24), "token": secrets.token_hex(24), "flower": secrets.token_hex(24)},
     }
     doc = load_compose()
-    files = {"compose.host.yml": host_network_variant(doc), "compose.test.yml": host_test_overrides(stack["ports"], doc)}
+    files = {"compose.host.yml": host_network_variant(doc),
+             "compose.test.yml": host_test_overrides(stack["ports"], doc)}
     project = ComposeProject(command, f"grcompose{RUN_ID}{tag}", tmp_path, files, compose_env(stack))
     stack["project"] = project
     try:

@@ -14,7 +14,6 @@ import pytest
 import redis
 
 from bench.stack import RedisServer
-from conftest import wait_until
 from faultkit import poll_until_final, read_job, submit, wait_status
 from pool_manager.keys import Keys
 from stack import Stack, chat, wait_for_pool
