@@ -12,7 +12,7 @@ import click
 
 from pool_manager.settings import Settings, get_settings
 from pool_manager.statedir import private_state_dir
-from workers.names import CHAT_QUEUE, POOL_QUEUE
+from workers.names import CHAT_QUEUE, POOL_QUEUE, engine_queue
 
 CELERY_APP = "workers.app"
 WORKER_CLASSES = {"gevent": "api.gunicorn_conf.GeventWorker", "gthread": "gthread"}
@@ -103,27 +103,48 @@ def _api_argv(settings: Settings, workers: int, worker_class: str, threads: int,
 @click.command()
 @click.option("--queue", type=click.Choice(["chat", "pool", "all"]), default="all", show_default=True,
               help="chat: relay chat jobs; pool: maintenance; all: both, as two workers.")
-@click.option("--name", help="Node name (default chat@%h / pool@%h); one queue only.")
+@click.option("--name", help="Node name (default chat@%h / pool@%h, pool-<engine>@%h); one queue only.")
+@click.option("--engine", help="The Docker engine this pool worker drives, of [engines.<name>] (default: the "
+                               "only one); it alone talks to that engine.")
 @click.option("--loglevel", default="info", show_default=True)
-def worker(queue: str, name: str | None, loglevel: str) -> None:
+def worker(queue: str, name: str | None, engine: str | None, loglevel: str) -> None:
     """A Celery worker (threads pool) for one queue, or one worker per queue.
 
     Maintenance runs in a worker of its own so that it never waits behind chat jobs that
     are waiting for a container: `--queue all` starts two workers, not one."""
     settings = get_settings()
+    engine = _engine(settings, queue, engine)
+    env = dict(os.environ) | ({"GREENROOM_ENGINE": engine} if engine else {})
     if queue != "all":
-        _become(_worker_argv(settings, queue, name, loglevel))
+        _become(_worker_argv(settings, queue, name, loglevel, engine), env)
     if name:
         raise click.UsageError("--name needs --queue chat or --queue pool")
-    commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel)) for q in QUEUES}
-    sys.exit(_run_together(commands, {q: dict(os.environ) for q in commands}))
+    commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel, engine)) for q in QUEUES}
+    envs = {"pool": env, "chat": {k: v for k, v in env.items() if k != "GREENROOM_ENGINE"}}  # chat drives none
+    sys.exit(_run_together(commands, envs))
 
 
-def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str) -> list[str]:
+def _engine(settings: Settings, queue: str, engine: str | None) -> str | None:
+    """The engine a pool worker drives: the one named, else the only one configured."""
+    engines = settings.engine_specs
+    if engine and engine not in engines:
+        raise click.UsageError(f"--engine {engine}: not configured; known: {', '.join(engines)}")
+    if queue != "chat" and not engine and len(engines) > 1:
+        raise click.UsageError(f"several engines are configured ({', '.join(engines)}): a pool worker needs --engine")
+    return engine or (settings.engine if queue != "chat" else None)
+
+
+def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str,
+                 engine: str | None = None) -> list[str]:
     concurrency = settings.chat_concurrency if queue == "chat" else POOL_CONCURRENCY
+    queues = QUEUES[queue]
+    engine = engine or settings.own_engine
+    if queue == "pool" and engine:  # the shared maintenance queue, and this engine's own
+        queues += f",{engine_queue(engine)}"
+    default = f"pool-{engine}@%h" if queue == "pool" and len(settings.engine_specs) > 1 else f"{queue}@%h"
     return _celery(
-        "worker", "-Q", QUEUES[queue], "--pool", "threads", "-c", str(concurrency),
-        "-n", name or f"{queue}@%h", "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
+        "worker", "-Q", queues, "--pool", "threads", "-c", str(concurrency),
+        "-n", name or default, "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
     )
 
 

@@ -9,6 +9,9 @@
                                             reconcile last ran), run-time scale
         pool:<pool>:retiring                containers being removed (sorted set, score: since when)
         pool:<pool>:events                  recent boots and failed boots (stream, capped)
+        pool:<pool>:placed:<engine>         containers placed on an engine, not yet started by its
+                                            worker (sorted set of tokens, score: placed at; engines.py)
+        engine:<engine>                     an engine's heartbeat: last listed, last error, lost at (hash)
         c:<container>                       a container's record (hash)
         session:<tenant>/<id>               a session (hash: container, pool, state); ids are per tenant
         session-started:<id>                set once a session's first job is accepted
@@ -44,6 +47,9 @@ class Keys:
     def pools(self) -> str:
         """The prefix of every pool's keys: pools + <pool> + ":" + part is pool(pool, part)."""
         return f"{self.prefix}pool:"
+
+    def engine(self, engine: str) -> str:
+        return f"{self.prefix}engine:{engine}"
 
     def container(self, container_id: str) -> str:
         return f"{self.prefix}c:{container_id}"

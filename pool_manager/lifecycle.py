@@ -20,21 +20,29 @@ log = logging.getLogger(__name__)
 
 class Lifecycle:
     def __init__(self, state: PoolState, ports: PortAllocator, metrics: Metrics, backoff_s: tuple[float, float],
-                 on_idle: Callable[[str], object] = lambda pool: None):
+                 on_idle: Callable[[str], object] = lambda pool: None,
+                 on_elsewhere: Callable[[Container], object] = lambda container: None):
         self.state = state
         self.ports = ports
         self.metrics = metrics
         self.backoff_s = backoff_s  # (first, longest) pause after consecutive boot failures
         self.on_idle = on_idle  # on_idle(pool): a container of the pool just became idle
+        self.on_elsewhere = on_elsewhere  # a container of an engine this process does not drive left service
 
-    def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
+    def start(self, pool: str, spec: PoolSpec, runtime: Runtime,
+              add: Callable[[Container], bool] | None = None) -> Container | None:
         """Create one container, recorded as warming before the runtime is asked, so
-        that concurrent counts include it; its boot is then watched in the background."""
+        that concurrent counts include it; its boot is then watched in the background.
+        `add` records it instead, or refuses (False: nothing is started; engines.py)."""
         container_id = f"gr-{pool}-{secrets.token_hex(6)}"
-        port = self.ports.allocate(container_id)
+        port = self.ports.allocate(container_id, engine=runtime.engine)
         container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
-                              time.time(), key=secrets.token_urlsafe(32))
-        self.state.add(container)
+                              time.time(), key=secrets.token_urlsafe(32), engine=runtime.engine)
+        if add is None:
+            self.state.add(container)
+        elif not add(container):
+            self.ports.release(port)
+            return None
         try:
             runtime.create(container_id, pool, spec, port, container.key)
         except RuntimeFailure as exc:
@@ -102,10 +110,14 @@ class Lifecycle:
         log.warning("pool %s: %s never became healthy; next boot in %.0fs at the earliest",
                     container.pool, container.id, delay)
 
-    def destroy(self, container: Container, runtime: Runtime) -> None:
+    def destroy(self, container: Container, runtime: Runtime | None) -> None:
         """Take it out of service at once, then remove it. If the runtime fails, its record
-        stays as 'gone', so no reconcile adopts it and the next one retries the removal."""
+        stays as 'gone', so no reconcile adopts it and the next one retries the removal.
+        Without a runtime (its engine is driven elsewhere) its engine's worker removes it."""
         self.state.mark_gone(container)
+        if runtime is None:
+            self.on_elsewhere(container)
+            return
         try:
             runtime.destroy(container.id)
         except RuntimeFailure as exc:

@@ -5,10 +5,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from redis import Redis
 
-from .errors import RuntimeFailure, SessionClosed, SessionModelMismatch
+from .engine_pass import EnginePass
+from .engines import LOST, Engines
+from .errors import ConfigError, ContainerLost, RuntimeFailure, SessionClosed, SessionModelMismatch
 from .handoff import HandOff
 from .httpclient import is_healthy
 from .jobs import JobStore
@@ -20,7 +23,7 @@ from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
 from .settings import Settings
 from .specs import PoolSpecs
-from .state import Claim, PoolState, Refusal, connect_redis
+from .state import Claim, Container, PoolState, Refusal, connect_redis
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after it
@@ -28,9 +31,11 @@ LOCK_TTL_S = 120  # longer than any pass; a crashed holder's lock lapses after i
 
 class PoolManager:
     def __init__(self, settings: Settings, redis: Redis | None = None,
-                 resume: Callable[[str, dict], None] | None = None):
+                 resume: Callable[[str, dict], None] | None = None,
+                 engine_work: Callable[[str, str], None] = lambda pool, engine: None):
         """resume(job_id, kwargs) sends a parked job that was handed a container back to a
-        worker (handoff.py); without it, this manager hands nothing off."""
+        worker (handoff.py); without it, this manager hands nothing off. engine_work(pool,
+        engine) asks that engine's worker for an engine pass (engines.py)."""
         self.settings = settings
         self.redis = redis or connect_redis(settings.redis_url)
         self.state = PoolState(self.redis, settings.deployment)
@@ -40,8 +45,15 @@ class PoolManager:
         self.handoff = resume and HandOff(self.redis, self.state.keys, self.jobs, settings.claim_timeout_s,
                                           settings.line_max_age_s, settings.job_lease_s, resume)
         self.metrics = Metrics(self.redis, settings.deployment)
-        self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
-                                   settings.boot_backoff_s, on_idle=self.hand_off)
+        engines = settings.engine_specs
+        self.engine = settings.own_engine  # the engine this process drives (None: none)
+        self.engine_work = engine_work
+        self.engines = (Engines(self.redis, self.state.keys, settings, self.state, engine_work)
+                        if len(engines) > 1 else None)  # one engine: as on a single machine
+        ports = PortAllocator(self.redis, settings.port_range,
+                              {name: spec.port_range for name, spec in engines.items() if spec.port_range})
+        self.lifecycle = Lifecycle(self.state, ports, self.metrics, settings.boot_backoff_s, on_idle=self.hand_off,
+                                   on_elsewhere=lambda container: engine_work(container.pool, container.engine))
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -65,13 +77,21 @@ class PoolManager:
 
     def _runtime_options(self, name: str) -> dict:
         settings = self.settings
-        return {"docker": {"docker_host": settings.docker_host},
+        if self.engine is None:
+            raise ConfigError("this process drives no engine: run it with --engine (engines.py)")
+        engine = settings.engine_specs[self.engine]
+        return {"docker": {"docker_host": engine.docker_host, "engine": self.engine, "address": engine.address},
                 "process": {"state_dir": settings.state_dir},
                 "kubernetes": {"namespace": settings.kubernetes_namespace, "kubeconfig": settings.kubeconfig},
                 }.get(name, {})
 
     def pool_runtime(self, pool: str) -> Runtime:
+        """The pool's runtime on the engine this process drives."""
         return self.runtime(self.runtime_name(pool))
+
+    def runtime_for(self, container: Container) -> Runtime | None:
+        """The runtime that can reach the container, if this process drives its engine."""
+        return self.pool_runtime(container.pool) if container.engine == self.engine else None
 
     # sessions
     def claim(self, pool: str, session_id: str, job_id: str = "") -> Claim | None:
@@ -85,6 +105,8 @@ class PoolManager:
             return None
         if isinstance(result, Refusal):
             why = self.state.session(session_id).get("why")
+            if result is Refusal.BROKEN and (why or "").startswith(LOST):  # its engine was lost
+                raise ContainerLost(f"session {session_id!r} is broken: {why}")
             raise SessionClosed(f"session {session_id!r} is {result.value}" + (f": {why}" if why else ""))
         if result.container.pool != pool:
             raise SessionModelMismatch(f"session {session_id!r} talks to model {result.container.pool!r}")
@@ -111,7 +133,7 @@ class PoolManager:
                 self.hand_off(container.pool)
                 return True
         if self.state.move(container, "assigned", None):
-            self.lifecycle.destroy(container, self.pool_runtime(container.pool))
+            self.lifecycle.destroy(container, self.runtime_for(container))
         return True
 
     def park(self, pool: str, tenant: str, job_id: str, delivery: str) -> int:
@@ -146,17 +168,66 @@ class PoolManager:
                 return report
 
     def _pass(self, pool: str) -> ReconcileReport:
-        """One pass; a runtime that fails it is recorded for status readers until one succeeds."""
+        """One pass; a runtime that fails it is recorded for status readers until one succeeds.
+        With several engines, first the lost ones' containers leave service (engines.py)."""
+        if self.engines:
+            self.engines.declare_lost(pool)
         try:
-            report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
-                                   self.lifecycle, self.close_session, self.line).run()
+            with self._engine_lock(pool):
+                report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
+                                       self.lifecycle, self.close_session, self.line, self.engines).run()
         except RuntimeFailure as exc:
             self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
+            if self.engines:
+                self.engines.failed(self.engine, str(exc))
             raise
+        if self.engines:
+            self.engines.seen(self.engine, pool)
+            for engine in self.engines.specs:  # each engine's worker lists the pool about once an interval
+                if engine != self.engine and self.engines.wants_pass(pool, engine, self.settings.reconcile_interval_s):
+                    self.engine_work(pool, engine)
         self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()))  # the maintenance heartbeat
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         self.hand_off(pool)  # the safety net: containers adopted, or turned idle while no one handed off
         return report
+
+    def engine_pass(self, pool: str, asked_at: float = 0.0) -> ReconcileReport | None:
+        """This engine's share of the pool's reconcile (engine_pass.py), unless one began
+        since it was asked for; one at a time per pool and engine."""
+        if self.engines is None:
+            return None
+        began = time.time()
+        with self._engine_lock(pool):
+            if self.engines.passed_since(pool, self.engine, asked_at):
+                return None
+            self.engines.began(pool, self.engine, began)
+            try:
+                report = EnginePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
+                                    self.lifecycle, self.close_session, self.line, self.engines).run()
+            except RuntimeFailure as exc:
+                self.engines.failed(self.engine, str(exc))
+                raise
+        self.engines.seen(self.engine, pool)
+        self.hand_off(pool)
+        return report
+
+    @contextmanager
+    def _engine_lock(self, pool: str):
+        """Held by whatever touches this engine's containers of the pool (a pool pass run
+        here, an engine pass): waited for, as such work is short."""
+        if self.engines is None:  # one engine: the pool's lock is enough
+            yield
+            return
+        name, token = f"reconcile:{pool}@{self.engine}", secrets.token_hex(8)
+        deadline = time.monotonic() + LOCK_TTL_S
+        while not self.state.try_lock(name, token, LOCK_TTL_S):
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"engine {self.engine}: pool {pool} stayed locked for {LOCK_TTL_S}s")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self.state.unlock(name, token)
 
     def close(self) -> None:
         for runtime in self._runtimes.values():

@@ -24,19 +24,22 @@ def _free_on_host(port: int) -> bool:
 
 
 class PortAllocator:
-    def __init__(self, redis: Redis, port_range: tuple[int, int]):
+    def __init__(self, redis: Redis, port_range: tuple[int, int], engine_ranges: dict[str, tuple[int, int]] = {}):
         self.redis = redis
         self.low, self.high = port_range
+        self.engine_ranges = engine_ranges  # an engine's own range, else port_range
 
-    def allocate(self, holder: str, attempts: int = 64) -> int:
+    def allocate(self, holder: str, attempts: int = 64, engine: str = "") -> int:
+        """A port of the engine's range (the engine's worker runs on its host: the bind test holds)."""
+        low, high = self.engine_ranges.get(engine, (self.low, self.high))
         for _ in range(attempts):
-            port = random.randint(self.low, self.high)
+            port = random.randint(low, high)
             if not self.redis.hsetnx(PORTS, port, holder):
                 continue
             if _free_on_host(port):
                 return port
             self.redis.hdel(PORTS, port)
-        raise RuntimeFailure(f"no free port in {self.low}-{self.high} after {attempts} attempts")
+        raise RuntimeFailure(f"no free port in {low}-{high} after {attempts} attempts")
 
     def reserve(self, port: int, holder: str) -> None:
         """Record a port that an adopted server already holds."""

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .engines import Engines, start_placed
 from .lifecycle import Lifecycle
 from .line import WaitingLine
 from .runtimes import Instance, Runtime
@@ -35,21 +36,25 @@ class ReconcileReport:
 
 class ReconcilePass:
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
-                 close_session, line: WaitingLine):
+                 close_session, line: WaitingLine, engines: Engines | None = None):
         self.pool, self.spec, self.runtime = pool, spec, runtime
         self.state, self.lifecycle, self.line = state, lifecycle, line
         self.close_session = close_session
+        self.engines = engines  # more than one engine: counts and placement over all of them (engines.py)
         self.report = ReconcileReport(pool)
 
     def run(self) -> ReconcileReport:
         began = time.monotonic()
         live = {i.id: i for i in self.runtime.list_managed() if i.pool == self.pool}
         known = self.state.containers(self.pool)
-        self.forget_vanished(known, live)
+        here = {i: c for i, c in known.items() if c.engine == self.runtime.engine}  # what this runtime can see
+        self.forget_vanished(here, live)
         self.adopt_unknown(known, live)
-        self.check_warming(known, live)
+        self.check_warming(here, live)
         self.reap_expired_leases()
         self.resize(len(live))
+        if self.engines:
+            self.engine_work(live)
         self.show_states(live)
         self.report.duration_s = time.monotonic() - began
         return self.report
@@ -94,12 +99,14 @@ class ReconcilePass:
             if booting:
                 self._adopt(instance, endpoint, key, "warming")
                 return
-        placeholder = Container(instance.id, self.pool, "gone", instance.port, endpoint, instance.created_at, "")
+        placeholder = Container(instance.id, self.pool, "gone", instance.port, endpoint, instance.created_at, "",
+                                engine=self.runtime.engine)
         self.lifecycle.destroy(placeholder, self.runtime)
         self.report.destroyed += 1
 
     def _adopt(self, instance: Instance, endpoint: str, key: str, state: str) -> None:
-        container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at, key)
+        container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at, key,
+                              engine=self.runtime.engine)
         self.lifecycle.ports.reserve(instance.port, instance.id)
         self.state.add(container)
         if state == "warming":
@@ -145,25 +152,55 @@ class ReconcilePass:
         but still run until removed, and count against max_total until they are gone.
         Only passes create containers, one pass at a time, so the runtime holds no more
         than that now."""
-        counts = self.state.counts(self.pool)
+        counts = self.counts()
         waiting = self.line.trimmed_size(self.pool)
         demand = self.spec.target_idle + waiting
         if counts["idle"] > demand:
             self.retire(counts["idle"] - demand)
             return
         deficit = demand - counts["idle"] - counts["warming"]
-        room = self.spec.max_total - max(sum(counts.values()), existing)
+        room = self.spec.max_total - self.occupied(counts, existing)
         if (short := min(deficit, waiting) - room) > 0 and self.make_room(short):
-            counts, existing = self.state.counts(self.pool), len(self.runtime.list_managed())
-            room = self.spec.max_total - max(sum(counts.values()), existing)
+            counts, existing = self.counts(), len(self.runtime.list_managed())
+            room = self.spec.max_total - self.occupied(counts, existing)
         wanted = max(0, min(deficit, room))
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
-        with ThreadPoolExecutor(min(wanted, MAX_PARALLEL)) as pool:
-            started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
-                                    range(wanted)))
-        self.report.started_ids = [c.id for c in started if c]
-        self.report.started = len(self.report.started_ids)
+        here = wanted
+        if self.engines:  # fewest first; what goes elsewhere is placed for its engine's worker
+            spread = self.engines.spread(self.pool, wanted)
+            here = spread.pop(self.runtime.engine, 0)
+            for engine, count in spread.items():
+                self.engines.reserve(self.pool, engine, count)
+            self.report.started = sum(spread.values())
+        if here:
+            with ThreadPoolExecutor(min(here, MAX_PARALLEL)) as pool:
+                started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
+                                        range(here)))
+            self.report.started_ids = [c.id for c in started if c]
+            self.report.started += len(self.report.started_ids)
+
+    def counts(self) -> dict[str, int]:
+        """Containers by state; placed on another engine and not yet started counts as warming."""
+        counts = self.state.counts(self.pool)
+        if self.engines:
+            counts["warming"] += sum(self.engines.placed(self.pool).values())
+        return counts
+
+    def occupied(self, counts: dict[str, int], existing: int) -> int:
+        """What counts against max_total: containers in the state sets, or the runtime's
+        listing if more; with several engines, every engine's (engines.py)."""
+        if self.engines:
+            return self.engines.occupied(self.pool, existing)
+        return max(sum(counts.values()), existing)
+
+    def engine_work(self, live: dict[str, Instance]) -> None:
+        """This engine's share of what other passes decided: start what they placed here,
+        and forget what left service and is no longer here (engines.py)."""
+        started = start_placed(self.engines, self.pool, self.spec, self.runtime, self.lifecycle.start)
+        self.report.started += len(started)
+        self.report.started_ids += [c.id for c in started]
+        self.engines.clear_removed(self.pool, self.runtime.engine, live, self.lifecycle.ports.release)
 
     def make_room(self, short: int) -> int:
         """At max_total, with `short` waiting jobs no container is on its way for: close up
@@ -184,6 +221,10 @@ class ReconcilePass:
         self.report.preempted = closed
         return closed
 
+    def here(self, container: Container) -> Runtime | None:
+        """The runtime that can remove the container: this pass's, if it runs on its engine."""
+        return self.runtime if container.engine == self.runtime.engine else None
+
     def retire(self, surplus: int) -> None:
         """Take `surplus` idle containers out of service at once, then remove them in parallel."""
         leaving = [c for c in map(self.state.get, self.state.newest_idle(self.pool, surplus))
@@ -191,5 +232,5 @@ class ReconcilePass:
         if not leaving:
             return
         with ThreadPoolExecutor(min(len(leaving), MAX_PARALLEL)) as pool:
-            list(pool.map(lambda c: self.lifecycle.destroy(c, self.runtime), leaving))
+            list(pool.map(lambda c: self.lifecycle.destroy(c, self.here(c)), leaving))
         self.report.retired = len(leaving)

@@ -24,6 +24,7 @@ DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 KUBE_POOL = r"^[a-z0-9]([a-z0-9-]{0,45}[a-z0-9])?$"
 LABEL_VALUE = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 SEND_TASK_TENANT = "celery"  # the owner of jobs sent with send_task: reserved, no API key may claim it
+DEFAULT_ENGINE = "local"  # the one engine of a single machine, unless [engines.<name>] say otherwise
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +88,25 @@ class PoolSpec(BaseModel):
         return self
 
 
+class EngineSpec(BaseModel):
+    """One Docker engine (engines.py): driven by the pool worker on its own host
+    (`greenroom worker --queue pool --engine <name>`), the only process that talks to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    docker_host: str | None = None  # as its worker reaches it; None: DOCKER_HOST, then the local socket
+    address: str = "127.0.0.1"  # where its containers listen and other hosts reach them (host networking)
+    port_range: tuple[int, int] | None = None  # None: the settings' port_range
+    capacity: int = Field(10_000, ge=1)  # containers at most, of every pool
+
+    @field_validator("port_range")
+    @classmethod
+    def _ports(cls, ports: tuple[int, int] | None) -> tuple[int, int] | None:
+        if ports is not None and not 1024 <= ports[0] < ports[1] <= 65535:
+            raise ValueError("port_range must be two ports, low < high, within 1024-65535")
+        return ports
+
+
 def reference_pool(**overrides) -> PoolSpec:
     """The reference chatbot, runnable by either runtime."""
     spec = {
@@ -110,6 +130,10 @@ class Settings(BaseSettings):
     kubernetes_namespace: str = Field("default", pattern=DNS_LABEL)
     kubeconfig: str | None = None
     port_range: tuple[int, int] = (20000, 29999)
+    # Docker engines, one worker each (engines.py); none: one, DEFAULT_ENGINE, from docker_host and port_range
+    engines: dict[str, EngineSpec] = {}
+    engine: str | None = None  # the engine this process drives (`greenroom worker --engine`); see own_engine
+    engine_grace_s: float = Field(30, gt=0)  # an engine silent this long: its containers are declared lost
     reconcile_interval_s: float = Field(5.0, gt=0)  # beat's safety-net pass
     boot_backoff_s: tuple[float, float] = (1.0, 60.0)  # pause after a failed boot: first, longest
     claim_timeout_s: float = Field(300, gt=0)  # how long a job waits for a container
@@ -190,6 +214,32 @@ class Settings(BaseSettings):
         if not 0 < pauses[0] <= pauses[1]:
             raise ValueError("boot_backoff_s must be (first, longest) with 0 < first <= longest")
         return pauses
+
+    @model_validator(mode="after")
+    def _engines(self) -> "Settings":
+        for name in self.engines:
+            if not re.match(NAME, name):
+                raise ValueError(f"engine name {name!r} must match {NAME}")
+        if self.engine is not None and self.engine not in self.engine_specs:
+            raise ValueError(f"engine {self.engine!r} is not configured; known: {', '.join(self.engine_specs)}")
+        if len(self.engines) > 1:
+            for name, spec in self.pools.items():
+                if spec.runtime not in ("docker", "auto"):
+                    raise ValueError(f"pool {name!r}: several engines need runtime 'docker', not {spec.runtime!r}")
+        return self
+
+    @property
+    def engine_specs(self) -> dict[str, EngineSpec]:
+        """The engines, by name: as configured, else the one local engine."""
+        return dict(self.engines) or {DEFAULT_ENGINE: EngineSpec(docker_host=self.docker_host,
+                                                                 port_range=self.port_range)}
+
+    @property
+    def own_engine(self) -> str | None:
+        """The engine this process drives: the one named, else the only one there is; None
+        (several engines, none named: a chat worker, the API) drives none."""
+        engines = self.engine_specs
+        return self.engine or (next(iter(engines)) if len(engines) == 1 else None)
 
     def limits(self, tenant: str) -> TenantLimits:
         return self.tenant_overrides.get(tenant, self.tenant_limits)

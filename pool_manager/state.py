@@ -18,6 +18,7 @@ from redis.retry import Retry
 from .keys import POOL_STATES, Keys
 from .line import FAIR_PLACE, LEAVE_LINE
 from .schemas import tenant_of
+from .settings import DEFAULT_ENGINE
 
 # A Redis restart (a few seconds) is ridden out: a command that meets a connection error
 # or timeout is retried with backoff, about 10 s in all, before the error surfaces.
@@ -132,11 +133,13 @@ class Container:
     created_at: float
     key: str  # the bearer key the server requires (runtimes pass it at create)
     session: str | None = None
+    engine: str = DEFAULT_ENGINE  # the Docker engine it runs on (engines.py)
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Container":
         return cls(fields["id"], fields["pool"], fields["state"], int(fields["port"]), fields["endpoint"],
-                   float(fields["created_at"]), fields.get("key", ""), fields.get("session") or None)
+                   float(fields["created_at"]), fields.get("key", ""), fields.get("session") or None,
+                   fields.get("engine") or DEFAULT_ENGINE)
 
 
 @dataclass(frozen=True)

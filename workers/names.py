@@ -8,3 +8,9 @@ RECONCILE_TASK = "greenroom.pool.reconcile"
 RECONCILE_ALL_TASK = "greenroom.pool.reconcile_all"
 CLOSE_SESSION_TASK = "greenroom.pool.close_session"
 REQUEUE_TASK = "greenroom.pool.requeue_lapsed_jobs"
+ENGINE_PASS_TASK = "greenroom.pool.engine_pass"  # on an engine's own queue: its share of a reconcile
+
+
+def engine_queue(engine: str) -> str:
+    """The queue only that engine's pool worker consumes (engines.py)."""
+    return f"{POOL_QUEUE}.{engine}"

@@ -1,6 +1,7 @@
 """The public tasks: thin wrappers over pool_manager, which does the work."""
 
 import dataclasses
+import time
 from functools import lru_cache
 
 from celery.exceptions import Ignore
@@ -13,8 +14,8 @@ from pool_manager.schemas import tenant_session
 from pool_manager.settings import SEND_TASK_TENANT, get_settings
 
 from .app import app
-from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK,
-                    RECONCILE_TASK, REQUEUE_TASK)
+from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, ENGINE_PASS_TASK, PING_TASK, POOL_QUEUE,
+                    RECONCILE_ALL_TASK, RECONCILE_TASK, REQUEUE_TASK, engine_queue)
 
 settings = get_settings()
 
@@ -28,7 +29,7 @@ class ChatFailed(GreenroomError):
 @lru_cache(maxsize=1)
 def relay() -> ChatRelay:
     """Redis and Docker clients for this process, built on first use (after any fork)."""
-    manager = PoolManager(settings, resume=_send_again)
+    manager = PoolManager(settings, resume=_send_again, engine_work=request_engine_pass)
     return ChatRelay(manager, manager.jobs, request_reconcile)
 
 
@@ -47,6 +48,12 @@ def request_reconcile(pool: str) -> None:
     """Fire and forget (one per claim): no result stored, none subscribed to."""
     reconcile.apply_async(args=[pool], queue=POOL_QUEUE, expires=settings.reconcile_interval_s * 4,
                           ignore_result=True)
+
+
+def request_engine_pass(pool: str, engine: str) -> None:
+    """Ask that engine's own worker for its share of the pool's reconcile (engines.py)."""
+    engine_pass.apply_async(args=[pool, engine, time.time()], queue=engine_queue(engine),
+                            expires=settings.engine_grace_s, ignore_result=True)
 
 
 @app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
@@ -72,6 +79,16 @@ def ping() -> str:
 @app.task(name=RECONCILE_TASK)
 def reconcile(pool: str) -> dict | None:
     report = relay().manager.reconcile(pool)
+    return dataclasses.asdict(report) if report else None
+
+
+@app.task(name=ENGINE_PASS_TASK)
+def engine_pass(pool: str, engine: str, asked_at: float = 0.0) -> dict | None:
+    """Only the worker of `engine` consumes its queue; any other drops it."""
+    manager = relay().manager
+    if engine != manager.engine:
+        return None
+    report = manager.engine_pass(pool, asked_at)
     return dataclasses.asdict(report) if report else None
 
 

@@ -4,12 +4,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from ..httpclient import is_healthy
-from ..settings import PoolSpec
+from ..settings import DEFAULT_ENGINE, PoolSpec
 
 MANAGED = "greenroom.managed"
 POOL = "greenroom.pool"
 OWNER = "greenroom.owner"
 PORT = "greenroom.port"
+ENGINE = "greenroom.engine"
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,10 @@ class Instance:
 class Runtime(ABC):
     """Creates, inspects and destroys the model servers of one owner (deployment)."""
 
-    def __init__(self, owner: str):
+    def __init__(self, owner: str, engine: str = DEFAULT_ENGINE, address: str = "127.0.0.1"):
         self.owner = owner
+        self.engine = engine  # the engine's name, on every record and label (engines.py)
+        self.address = address  # where its servers listen, and other hosts reach them
 
     def labels(self, pool: str, port: int) -> dict[str, str]:
         return {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
@@ -57,7 +60,7 @@ class Runtime(ABC):
     def endpoint(self, instance_id: str, spec: PoolSpec, port: int) -> str:
         """The base URL at which the instance serves ("" while the runtime cannot tell yet,
         as for a pod that has no IP before it is scheduled)."""
-        return f"http://127.0.0.1:{port}"
+        return f"http://{self.address}:{port}"
 
     def ready_endpoint(self, instance_id: str, spec: PoolSpec, port: int, timeout: float = 1.0) -> str | None:
         """The base URL once the instance is ready to serve, else None. Here: its endpoint
@@ -72,7 +75,7 @@ class Runtime(ABC):
 
     def server_env(self, instance_id: str, spec: PoolSpec, port: int, key: str) -> dict[str, str]:
         """What the server is told: the spec's env plus where to listen, who it is and its key."""
-        return spec.env | {"HOST": "127.0.0.1", "PORT": str(port), "INSTANCE_ID": instance_id,
+        return spec.env | {"HOST": self.address, "PORT": str(port), "INSTANCE_ID": instance_id,
                            spec.container_key_env: key}
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import requests.exceptions
 
 from ..errors import RuntimeFailure, RuntimeUnavailable
 from ..settings import PoolSpec
-from .base import MANAGED, OWNER, POOL, PORT, Instance, Runtime
+from .base import ENGINE, MANAGED, OWNER, POOL, PORT, Instance, Runtime
 
 
 def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> dict:
@@ -47,11 +47,14 @@ def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolS
 class DockerRuntime(Runtime):
     """One docker-py client per process, built on first use (after any fork)."""
 
-    def __init__(self, owner: str, docker_host: str | None = None):
-        super().__init__(owner)
+    def __init__(self, owner: str, docker_host: str | None = None, **engine):
+        super().__init__(owner, **engine)
         self._base_url = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+
+    def labels(self, pool: str, port: int) -> dict[str, str]:
+        return super().labels(pool, port) | {ENGINE: self.engine}
 
     @property
     def client(self) -> docker.DockerClient:
