@@ -5,7 +5,7 @@ import uuid
 
 from kombu.exceptions import OperationalError
 
-from pool_manager.errors import LimitExceeded
+from pool_manager.errors import ContainerLost, LimitExceeded
 from pool_manager.schemas import ChatJob, tenant_session
 from workers.names import CHAT_QUEUE, CHAT_TASK
 
@@ -49,4 +49,6 @@ def check_session_usable(session_id: str) -> None:
     session = services().pools.session(tenant_session(tenant(), session_id))
     if session.get("state") in ("closed", "broken"):
         why = f" ({session['why']})" if session.get("why") else ""
-        raise ApiError(409, "session_closed", f"session {session_id!r} is {session['state']}{why}; start a new one")
+        lost = session.get("why", "").startswith(ContainerLost.code)  # its engine was lost (engines.py)
+        code = ContainerLost.code if lost else "session_closed"
+        raise ApiError(409, code, f"session {session_id!r} is {session['state']}{why}; start a new one")

@@ -187,7 +187,10 @@ class Stack:
         return self
 
     def command(self, name: str) -> list[str]:
+        """api, chat, pool, beat; pool-<engine>: the pool worker of that engine (engines.py)."""
         node = f"{name}-{self.deployment}-{secrets.token_hex(2)}@%h"
+        if name.startswith("pool-"):
+            return [GREENROOM, "worker", "--queue", "pool", "--engine", name.removeprefix("pool-"), "--name", node]
         return {
             "api": [GREENROOM, "api", *self.api_args],
             "chat": [GREENROOM, "worker", "--queue", "chat", "--name", node],

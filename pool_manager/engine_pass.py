@@ -1,6 +1,10 @@
-"""An engine's own share of a pool's reconcile, asked for on its queue (engines.py): what
-touches the engine (listing, health checks, adoption, reaping the dead, starting what was
-placed on it, removing what left service), nothing pool-wide (no leases, no sizing)."""
+"""The two halves of a pool's reconcile with several engines (engines.py).
+
+EnginePass: an engine's own share, asked for on its queue: what touches the engine
+(listing, health checks, adoption, reaping the dead, starting what was placed on it,
+removing what left service), nothing pool-wide (no leases, no sizing).
+PoolWidePass: the pool-wide share alone, from Redis, for a pass that landed on a worker
+whose own engine does not answer: leases, sizing and placement on the other engines."""
 
 import time
 
@@ -18,5 +22,16 @@ class EnginePass(ReconcilePass):
         self.check_warming(here, live)
         self.engine_work(live)
         self.show_states(live)
+        self.report.duration_s = time.monotonic() - began
+        return self.report
+
+
+class PoolWidePass(ReconcilePass):
+    lists_here = False  # this engine failed: nothing is placed on it
+
+    def run(self) -> ReconcileReport:
+        began = time.monotonic()
+        self.reap_expired_leases()
+        self.resize(0)
         self.report.duration_s = time.monotonic() - began
         return self.report

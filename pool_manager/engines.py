@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from redis import Redis
 
+from .errors import ContainerLost
 from .keys import POOL_STATES, Keys
 from .runtimes import Instance, Runtime
 from .settings import PoolSpec, Settings
@@ -32,7 +33,7 @@ from .state import Container, PoolState
 
 log = logging.getLogger(__name__)
 MAX_PARALLEL = 16
-LOST = "container_lost"  # how a session whose container went with its engine reads (`why` starts so)
+LOST = ContainerLost.code  # how a session whose container went with its engine reads (`why` starts so)
 
 # Take a placement (a token in the engine's placed set) and record its container as
 # warming in one step: a placement that lapsed meanwhile (lost engine) starts nothing.
@@ -139,11 +140,12 @@ class Engines:
         return max(sum(held.values()), listed_here + others)
 
     # placement
-    def spread(self, pool: str, wanted: int) -> dict[str, int]:
+    def spread(self, pool: str, wanted: int, here: str | None) -> dict[str, int]:
         """Where `wanted` new containers of the pool go: the healthy engines with room
-        (capacity counts every pool's containers), fewest of the pool's first."""
+        (capacity counts every pool's containers), fewest of the pool's first. `here`: the
+        engine the pass just listed (healthy by that), if any."""
         now, health, held = time.time(), self.health(), self.held(pool)
-        placeable = [e for e in self.specs if e == self.own or self.healthy(health[e], now)]
+        placeable = [e for e in self.specs if e == here or (e != self.own and self.healthy(health[e], now))]
         room = {e: self.specs[e].capacity - sum(held[p].get(e, 0) for p in self.pools) for e in placeable}
         return place(wanted, {e: held[pool].get(e, 0) for e in placeable}, room, self.own)
 

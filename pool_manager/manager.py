@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from redis import Redis
 
-from .engine_pass import EnginePass
+from .engine_pass import EnginePass, PoolWidePass
 from .engines import LOST, Engines
 from .errors import ConfigError, ContainerLost, RuntimeFailure, SessionClosed, SessionModelMismatch
 from .handoff import HandOff
@@ -65,7 +65,7 @@ class PoolManager:
             spec = self.settings.pools[pool]
             name = spec.runtime
             if name == "auto":
-                name = "docker" if spec.image and self.runtime("docker").ping() else "process"
+                name = "docker" if spec.image and (self.engines or self.runtime("docker").ping()) else "process"
             self.state.set_info(pool, runtime=name)
             self._resolved[pool] = name
         return self._resolved[pool]
@@ -170,19 +170,24 @@ class PoolManager:
     def _pass(self, pool: str) -> ReconcileReport:
         """One pass; a runtime that fails it is recorded for status readers until one succeeds.
         With several engines, first the lost ones' containers leave service (engines.py)."""
+        args = (pool, self.specs.effective(pool), self.pool_runtime(pool), self.state, self.lifecycle,
+                self.close_session, self.line, self.engines)
         if self.engines:
             self.engines.declare_lost(pool)
         try:
             with self._engine_lock(pool):
-                report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
-                                       self.lifecycle, self.close_session, self.line, self.engines).run()
+                report = ReconcilePass(*args).run()
         except RuntimeFailure as exc:
-            self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
+            if not self.engines:
+                self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
+                raise
+            self.engines.failed(self.engine, str(exc))  # this engine is down: the others carry the pool
+            log.warning("pool %s: engine %s failed: %s", pool, self.engine, exc)
+            report = PoolWidePass(*args).run()
+        else:
             if self.engines:
-                self.engines.failed(self.engine, str(exc))
-            raise
+                self.engines.seen(self.engine, pool)
         if self.engines:
-            self.engines.seen(self.engine, pool)
             for engine in self.engines.specs:  # each engine's worker lists the pool about once an interval
                 if engine != self.engine and self.engines.wants_pass(pool, engine, self.settings.reconcile_interval_s):
                     self.engine_work(pool, engine)

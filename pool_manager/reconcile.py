@@ -35,6 +35,7 @@ class ReconcileReport:
 
 
 class ReconcilePass:
+    lists_here = True  # this pass listed its engine: containers may be placed on it
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
                  close_session, line: WaitingLine, engines: Engines | None = None):
         self.pool, self.spec, self.runtime = pool, spec, runtime
@@ -168,7 +169,7 @@ class ReconcilePass:
             return  # nothing to do, or backing off after boot failures
         here = wanted
         if self.engines:  # fewest first; what goes elsewhere is placed for its engine's worker
-            spread = self.engines.spread(self.pool, wanted)
+            spread = self.engines.spread(self.pool, wanted, self.runtime.engine if self.lists_here else None)
             here = spread.pop(self.runtime.engine, 0)
             for engine, count in spread.items():
                 self.engines.reserve(self.pool, engine, count)

@@ -1,0 +1,196 @@
+"""One pool across two Docker engines, each driven by its own pool worker (engines.py):
+the machine's dockerd (engine a) and a second dockerd of this module's own (engine b,
+tests/second_engine.py), both on host networking, the reference image in each.
+
+Placement spreads the pool (fewest first); sessions are served on both; the second
+daemon lost (its containers killed, then it stops) -> after engine_grace_s its
+containers are declared lost, their sessions read container_lost, the pool is whole
+again on engine a, and no job is lost; the daemon back -> Redis and both engines agree,
+nothing left over.
+"""
+
+import threading
+
+import pytest
+import redis
+
+from conftest import RUN_ID, require, wait_until
+from faultkit import Stopwatch, report
+from pool_manager.keys import Keys
+from pool_manager.state import PoolState
+from second_engine import SecondDockerd
+from stack import Stack, chat
+
+pytestmark = pytest.mark.timeout(300)
+POOL = "chatbot"
+GRACE_S = 5
+ENGINES = ("a", "b")
+
+
+@pytest.fixture(scope="module")
+def engine_b(docker_engine):
+    """A second dockerd, started for this module and removed after it, with the image."""
+    if why := SecondDockerd.refusal():
+        require(why)
+    daemon = SecondDockerd(f"greenroom-{RUN_ID}")
+    try:
+        daemon.start()
+        daemon.load_image(docker_engine)
+    except Exception as exc:  # noqa: BLE001  said in the skip (or failure, where Docker was promised)
+        daemon.remove()
+        require(f"a second dockerd could not be started here: {exc}")
+    yield daemon
+    daemon.remove()
+
+
+@pytest.fixture
+def two_engines(redis_url, docker_engine, engine_b, tmp_path, request):
+    pool = {"image": "greenroom/chatbot:latest", "runtime": "docker", "target_idle": 4, "max_total": 30,
+            "env": {"BOOT_SECONDS": "1"}}
+    engines = {"a": {"port_range": [20000, 24999]},
+               "b": {"docker_host": engine_b.url, "port_range": [25000, 29999]}}
+    stack = Stack(redis_url, "engines", tmp_path, pool, engines=engines, engine_grace_s=GRACE_S,
+                  reconcile_interval_s=1, claim_timeout_s=90, chat_timeout_s=10)
+    try:
+        stack.start("pool-a", "pool-b", "chat", "beat", "api")
+        yield stack
+    finally:
+        failed = getattr(request.node, "report_call", None) and request.node.report_call.failed
+        if failed:
+            print(stack.logs())
+        stack.stop()
+        if engine_b.process is None:
+            engine_b.start()
+        for name in engine_b.containers(stack.deployment):
+            engine_b.client.api.remove_container(name, force=True)
+
+
+class View:
+    """What Redis holds of the pool, and what each engine lists, for one stack."""
+
+    def __init__(self, stack: Stack, docker_engine, engine_b: SecondDockerd):
+        self.state = PoolState(redis.Redis.from_url(stack.redis_url, decode_responses=True), stack.deployment)
+        self.owner = stack.deployment
+        self.listers = {"a": docker_engine, "b": engine_b}
+
+    def records(self) -> dict[str, dict[str, str]]:
+        """Per engine, container id -> state (warming, idle, assigned)."""
+        by_engine = {e: {} for e in ENGINES}
+        for container in self.state.containers(POOL).values():
+            by_engine[container.engine][container.id] = container.state
+        return by_engine
+
+    def count(self, engine: str, state: str) -> int:
+        return sum(1 for s in self.records()[engine].values() if s == state)
+
+    def listed(self, engine: str) -> set[str]:
+        lister = self.listers[engine]
+        if engine == "b":
+            return set(lister.containers(self.owner))
+        rows = lister.api.containers(all=True, filters={"label": f"greenroom.owner={self.owner}"})
+        return {row["Names"][0].lstrip("/") for row in rows}
+
+    def retiring(self) -> list[str]:
+        return self.state.redis.zrange(Keys(self.owner).pool(POOL, "retiring"), 0, -1)
+
+    def agree(self) -> bool:
+        """Every engine lists exactly the containers Redis holds on it; none is leaving."""
+        records = self.records()
+        return not self.retiring() and all(self.listed(e) == set(records[e]) for e in ENGINES)
+
+
+def test_a_pool_spreads_over_two_engines_and_serves_sessions_on_both(two_engines, docker_engine, engine_b):
+    view = View(two_engines, docker_engine, engine_b)
+    wait_until(lambda: all(view.count(e, "idle") == 2 for e in ENGINES), 90, interval=0.2,
+               message="2 idle on each engine")
+    wait_until(view.agree, 30, interval=0.2, message="engines to list what Redis holds")
+    for engine in ENGINES:
+        for name in view.listed(engine):
+            labels = view.listers["a"].api.inspect_container(name) if engine == "a" else \
+                engine_b.client.api.inspect_container(name)
+            assert labels["Config"]["Labels"]["greenroom.engine"] == engine
+
+    names = ["Ada", "Grace", "Alan", "Edsger"]
+    with two_engines.client(timeout=30) as client:
+        first = {name: chat(client, f"my name is {name}") for name in names}
+        assert all(job["status"] == "succeeded" for job in first.values()), first
+        on = {name: _engine_of(view, job) for name, job in first.items()}
+        assert set(on.values()) == set(ENGINES), on  # sessions on both engines
+        for name, job in first.items():
+            again = chat(client, "what is my name?", session_id=job["session_id"])
+            assert again["status"] == "succeeded", again
+            assert again["result"]["choices"][0]["message"]["content"] == f"Your name is {name}."
+            assert again["result"]["greenroom"]["container"] == job["result"]["greenroom"]["container"]
+    wait_until(lambda: sum(view.count(e, "idle") for e in ENGINES) == 4, 60, interval=0.2, message="4 idle again")
+    totals = {e: len(view.records()[e]) for e in ENGINES}
+    assert totals == {"a": 4, "b": 4}, view.records()  # fewest first: the replacements kept the balance
+    wait_until(view.agree, 30, interval=0.2, message="engines to list what Redis holds")
+
+
+def test_an_engine_lost_and_found(two_engines, docker_engine, engine_b):
+    view = View(two_engines, docker_engine, engine_b)
+    wait_until(lambda: all(view.count(e, "idle") == 2 for e in ENGINES), 90, interval=0.2,
+               message="2 idle on each engine")
+    with two_engines.client(timeout=30) as client:
+        sessions = {}
+        for name in ("Ada", "Grace", "Alan", "Edsger"):
+            job = chat(client, f"my name is {name}")
+            assert job["status"] == "succeeded", job
+            sessions[name] = (job["session_id"], _engine_of(view, job))
+        assert {engine for _, engine in sessions.values()} == set(ENGINES), sessions
+        wait_until(lambda: sum(view.count(e, "idle") for e in ENGINES) == 4, 60, interval=0.2, message="4 idle")
+
+        clock = Stopwatch()
+        engine_b.lose()
+        jobs: dict[str, dict] = {}
+        threads = [threading.Thread(target=_submit, args=(two_engines, jobs, f"new-{n}", None, "hello"))
+                   for n in range(6)]
+        threads += [threading.Thread(target=_submit, args=(two_engines, jobs, name, session, "what is my name?"))
+                    for name, (session, _) in sessions.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+        assert len(jobs) == len(threads), jobs.keys()  # every job reached an end: none lost
+        for n in range(6):
+            assert jobs[f"new-{n}"]["status"] == "succeeded", jobs[f"new-{n}"]
+            assert _engine_of(view, jobs[f"new-{n}"]) == "a"
+        for name, (session, engine) in sessions.items():
+            job = jobs[name]
+            if engine == "a":
+                assert job["result"]["choices"][0]["message"]["content"] == f"Your name is {name}.", job
+            else:
+                assert job["status"] == "failed" and job["error"]["code"] == "container_lost", job
+
+        wait_until(lambda: view.count("a", "idle") == 4 and not view.records()["b"], 90, interval=0.1,
+                   message="the pool whole again on engine a")
+        whole = clock()
+        b_sessions = [session for session, engine in sessions.values() if engine == "b"]
+        refused = client.post("/v1/jobs", json={"model": POOL, "session_id": b_sessions[0],
+                                                 "messages": [{"role": "user", "content": "still there?"}]})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "container_lost", refused.text
+        assert len(view.listed("a")) == 4 + sum(1 for _, e in sessions.values() if e == "a") + 6
+        lost = len(view.retiring())
+        assert lost >= 2  # engine b's, kept as leaving (counted against max_total) until it is back
+
+        engine_b.start()
+        back = clock()
+        wait_until(view.agree, 60, interval=0.2, message="Redis and both engines to agree again")
+        agreed = clock() - back
+    assert not view.listed("b"), view.listed("b")  # the dead ones reaped: nothing left over
+    report("engine lost", grace_s=GRACE_S, whole_after_loss_s=whole, jobs=len(jobs), jobs_lost=0,
+           containers_declared_lost=lost, agree_after_return_s=agreed, left_over=len(view.listed("b")))
+
+
+def _engine_of(view: View, job: dict) -> str:
+    container = job["result"]["greenroom"]["container"]
+    record = view.state.get(container)
+    assert record is not None, container
+    return record.engine
+
+
+def _submit(stack: Stack, jobs: dict, key: str, session: str | None, text: str) -> None:
+    with stack.client(timeout=30) as client:
+        job = chat(client, text, session_id=session, wait=150)
+    if job["status"] in ("succeeded", "failed", "cancelled"):
+        jobs[key] = job
