@@ -26,7 +26,14 @@ def pool_status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    columns = ("name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed", "degraded")
+    for row in rows:  # per engine: idle/warming/assigned, and "!" where the engine is not healthy
+        row["engines"] = ",".join(f"{e['name']}={e['idle']}/{e['warming']}/{e['assigned']}{'' if e['healthy'] else '!'}"
+                                  for e in row["engines"])
+    _table(rows, ("name", "runtime", "target_idle", "max_total", "idle", "warming", "assigned", "failed", "degraded",
+                  "engines"))
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> None:
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     for line in [dict(zip(columns, columns)), *rows]:
         click.echo("  ".join(str(line[c]).ljust(w) for c, w in zip(columns, widths)).rstrip())

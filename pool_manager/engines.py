@@ -28,6 +28,7 @@ from redis import Redis
 from .errors import ContainerLost
 from .keys import POOL_STATES, Keys
 from .runtimes import Instance, Runtime
+from .schemas import EngineStatus
 from .settings import PoolSpec, Settings
 from .state import Container, PoolState
 
@@ -144,10 +145,28 @@ class Engines:
         """Where `wanted` new containers of the pool go: the healthy engines with room
         (capacity counts every pool's containers), fewest of the pool's first. `here`: the
         engine the pass just listed (healthy by that), if any."""
+        held, room = self._placeable(pool, here)
+        return place(wanted, held, room, self.own)
+
+    def overfull_idle(self, pool: str, here: str | None) -> Container | None:
+        """The newest idle container of the engine holding the most of the pool, if it holds
+        two more than a placeable engine with room: moving one makes them even."""
+        held, room = self._placeable(pool, here)
+        everywhere = self.held(pool)[pool]
+        open_ = [e for e in held if room[e] > 0]
+        idle = [c for c in map(self.state.get, self.state.newest_idle(pool, 10_000)) if c]
+        fullest = max((c.engine for c in idle), key=lambda e: everywhere.get(e, 0), default=None)
+        if fullest is None or not open_ or everywhere.get(fullest, 0) - min(held[e] for e in open_) < 2:
+            return None
+        return next(c for c in idle if c.engine == fullest)
+
+    def _placeable(self, pool: str, here: str | None) -> tuple[dict[str, int], dict[str, int]]:
+        """The engines a container may go to (healthy; `here` is), with how many of the
+        pool each holds and its room (capacity counts every pool's containers)."""
         now, health, held = time.time(), self.health(), self.held(pool)
         placeable = [e for e in self.specs if e == here or (e != self.own and self.healthy(health[e], now))]
         room = {e: self.specs[e].capacity - sum(held[p].get(e, 0) for p in self.pools) for e in placeable}
-        return place(wanted, {e: held[pool].get(e, 0) for e in placeable}, room, self.own)
+        return {e: held[pool].get(e, 0) for e in placeable}, room
 
     def reserve(self, pool: str, engine: str, count: int) -> None:
         """Place `count` containers on another engine: its worker starts them (start_placed)."""
@@ -207,6 +226,18 @@ class Engines:
             log.warning("pool %s: engine(s) %s silent for over %gs: %d container(s) declared lost",
                         pool, ", ".join(engines), self.grace_s, len(gone))
         return gone
+
+    def status(self, pool: str, runtime_error: str | None) -> list[EngineStatus]:
+        """The pool's containers per engine, and each engine's health (one engine: healthy
+        while its runtime answers, as the pool's runtime_error says)."""
+        counts = {e: dict.fromkeys(POOL_STATES, 0) for e in self.specs}
+        for container in self.state.containers(pool).values():
+            counts.setdefault(container.engine, dict.fromkeys(POOL_STATES, 0))[container.state] += 1
+        if len(self.specs) == 1:
+            return [EngineStatus(name=e, **n, healthy=runtime_error is None) for e, n in counts.items()]
+        now, health = time.time(), self.health()
+        return [EngineStatus(name=e, **n, healthy=self.healthy(health.get(e, {}), now),
+                             error=health.get(e, {}).get("error") or None) for e, n in counts.items()]
 
     def clear_removed(self, pool: str, engine: str, live: dict[str, Instance], release: Callable[[int], None]) -> int:
         """Containers of this engine leaving service (retiring) that it no longer lists are

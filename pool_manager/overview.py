@@ -4,6 +4,7 @@ PoolManager."""
 
 from redis import Redis
 
+from .engines import Engines
 from .line import WaitingLine
 from .metrics import Metrics
 from .schemas import PoolStatus
@@ -21,6 +22,7 @@ class PoolOverview:
         self._specs = PoolSpecs(settings, self._state)
         self._metrics = Metrics(redis, settings.deployment)
         self._line = WaitingLine(redis, self._state.keys, settings.line_max_age_s)
+        self._engines = Engines(redis, self._state.keys, settings, self._state, request=lambda pool, engine: None)
 
     @property
     def pools(self) -> list[str]:
@@ -35,7 +37,7 @@ class PoolOverview:
                           max_total=spec.max_total, **counts, failed=stats.get("failed", 0),
                           booted=stats.get("booted", 0),
                           degraded=stats.get("consecutive_failures", 0) >= DEGRADED_AFTER or runtime_error is not None,
-                          runtime_error=runtime_error)
+                          runtime_error=runtime_error, engines=self._engines.status(pool, runtime_error))
 
     def waiting(self, pool: str) -> int:
         """Jobs in the pool's line (those older than the longest wait do not count)."""

@@ -165,6 +165,8 @@ class ReconcilePass:
             counts, existing = self.counts(), len(self.runtime.list_managed())
             room = self.spec.max_total - self.occupied(counts, existing)
         wanted = max(0, min(deficit, room))
+        if not wanted and self.engines and not counts["warming"] and not waiting:
+            self.rebalance()
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
         here = wanted
@@ -225,6 +227,14 @@ class ReconcilePass:
     def here(self, container: Container) -> Runtime | None:
         """The runtime that can remove the container: this pass's, if it runs on its engine."""
         return self.runtime if container.engine == self.runtime.engine else None
+
+    def rebalance(self) -> None:
+        """At rest, with engines two or more apart (a worker started late, an engine back):
+        one idle container of the fullest leaves; its replacement goes to the fewest."""
+        container = self.engines.overfull_idle(self.pool, self.runtime.engine if self.lists_here else None)
+        if container and self.state.move(container, "idle", None):
+            self.lifecycle.destroy(container, self.here(container))
+            self.report.retired += 1
 
     def retire(self, surplus: int) -> None:
         """Take `surplus` idle containers out of service at once, then remove them in parallel."""

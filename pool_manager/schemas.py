@@ -132,6 +132,19 @@ class JobView(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class EngineStatus(BaseModel):
+    """A pool's containers on one Docker engine, and how the engine is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    idle: int = Field(ge=0)
+    warming: int = Field(ge=0)
+    assigned: int = Field(ge=0)
+    healthy: bool = Field(description="its worker listed it lately (one engine: its runtime answers)")
+    error: str | None = absent("why its worker could not reach it last")
+
+
 class PoolStatus(BaseModel):
     """A pool's scale and its containers by state (GET /v1/pools, `greenroom pool status`)."""
 
@@ -148,6 +161,7 @@ class PoolStatus(BaseModel):
     booted: int = Field(ge=0)
     degraded: bool = Field(description="its last boots all failed (backing off), or its runtime fails")
     runtime_error: str | None = Field(description="why the last reconcile could not reach the runtime")
+    engines: list[EngineStatus] = Field(description="the same counts per Docker engine")
 
 
 class PoolChange(BaseModel):
