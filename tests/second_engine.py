@@ -82,12 +82,30 @@ class SecondDockerd:
         return sorted(row["Names"][0].lstrip("/") for row in rows)
 
     def lose(self) -> None:
-        """The host lost: every container killed, then the daemon stopped."""
-        for row in self.client.api.containers(filters={"status": "running"}):
-            pid = self.client.api.inspect_container(row["Id"])["State"]["Pid"]
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-        self.stop()
+        """The host lost at once: the daemon killed (it reports nothing more), then its
+        containers and its containerd. start() brings it back as after a crash."""
+        pids = [self.client.api.inspect_container(row["Id"])["State"]["Pid"]
+                for row in self.client.api.containers(filters={"status": "running"})]
+        self.process.kill()
+        self.process.wait(30)
+        self.process = None
+        for pid in [*filter(None, pids), *self._containerd()]:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 30, message="containers to die")
+        self.client.close()
+        self.client = None
+
+    def _containerd(self) -> list[int]:
+        """The containerd this daemon started (under its exec root)."""
+        mine = str(self.run_dir / "exec").encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and mine in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found
 
     def stop(self, timeout: float = 60) -> None:
         if self.process and self.process.poll() is None:
@@ -109,5 +127,9 @@ class SecondDockerd:
                 self.client.api.remove_container(row["Id"], force=True)
         self.stop()
         time.sleep(0.5)
+        for mount in reversed(Path("/proc/mounts").read_text().splitlines()):  # what it left mounted
+            point = mount.split()[1]
+            if point.startswith((str(self.run_dir), str(self.data_root))):
+                subprocess.run(["umount", "-l", point], check=False)
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
