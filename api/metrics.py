@@ -44,6 +44,7 @@ class PoolCollector:
         overview = self.svc.pools
         statuses = {pool: overview.status(pool) for pool in overview.pools}
         yield self._containers(statuses)
+        yield from self._engines(statuses)
         yield self._gauge("greenroom_waiting_jobs", "Jobs waiting for a container",
                           {p: overview.waiting(p) for p in statuses})
         yield self._gauge("greenroom_target_idle", "Idle containers the pool keeps",
@@ -103,6 +104,21 @@ class PoolCollector:
             for state in POOL_STATES:
                 family.add_metric([pool, state], getattr(status, state))
         return family
+
+    @staticmethod
+    def _engines(statuses):
+        """The same per Docker engine (engines.py), and whether each engine is healthy."""
+        containers = GaugeMetricFamily("greenroom_engine_containers", "Containers by engine and state",
+                                       labels=["pool", "engine", "state"])
+        healthy = GaugeMetricFamily("greenroom_engine_healthy", "1 while the engine's worker lists it",
+                                    labels=["pool", "engine"])
+        for pool, status in statuses.items():
+            for engine in status.engines:
+                for state in POOL_STATES:
+                    containers.add_metric([pool, engine.name, state], getattr(engine, state))
+                healthy.add_metric([pool, engine.name], int(engine.healthy))
+        yield containers
+        yield healthy
 
     @staticmethod
     def _gauge(name, help_text, values: dict):

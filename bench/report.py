@@ -9,6 +9,7 @@ TITLES = {
     "warm_vs_cold": "2. New session: warm pool vs cold start",
     "arrivals": "3. Poisson arrivals against the refill capacity",
     "burst": "4. Burst: 20 new sessions at once",
+    "burst_engines": "4b. Burst: 20 new sessions at once, one pool on two engines",
     "refill": "5. Refill reaction",
     "scale": "6. Scale",
 }

@@ -1,6 +1,6 @@
 """One pool across two Docker engines, each driven by its own pool worker (engines.py):
 the machine's dockerd (engine a) and a second dockerd of this module's own (engine b,
-tests/second_engine.py), both on host networking, the reference image in each.
+bench/second_dockerd.py), both on host networking, the reference image in each.
 
 Placement spreads the pool (fewest first); sessions are served on both; the second
 daemon lost (its containers killed, then it stops) -> after engine_grace_s its
@@ -15,11 +15,14 @@ import time
 import pytest
 import redis
 
+from bench.second_dockerd import SecondDockerd
 from conftest import RUN_ID, require, wait_until
 from faultkit import Stopwatch, report
+from pool_manager.engines import place
+from pool_manager.errors import ConfigError
 from pool_manager.keys import Keys
+from pool_manager.settings import load_settings
 from pool_manager.state import PoolState
-from second_engine import SecondDockerd
 from stack import Stack, chat
 
 pytestmark = pytest.mark.timeout(300)
@@ -100,6 +103,26 @@ class View:
         return not self.retiring() and all(self.listed(e) == set(records[e]) for e in ENGINES)
 
 
+def test_placement_is_fewest_first_within_room():
+    assert place(4, {"a": 0, "b": 0}, {"a": 9, "b": 9}, "a") == {"a": 2, "b": 2}
+    assert place(3, {"a": 3, "b": 0}, {"a": 9, "b": 9}, "a") == {"b": 3}
+    assert place(4, {"a": 0, "b": 0}, {"a": 9, "b": 1}, "b") == {"a": 3, "b": 1}  # b's capacity
+    assert place(1, {"a": 1, "b": 1}, {"a": 9, "b": 9}, "b") == {"b": 1}  # a tie: the pass's own engine
+    assert place(5, {"a": 0}, {"a": 2}, "a") == {"a": 2}  # no room left anywhere
+
+
+def test_one_local_engine_unless_configured():
+    settings = load_settings()
+    assert list(settings.engine_specs) == ["local"] and settings.own_engine == "local"
+    several = load_settings(engines={"a": {}, "b": {"address": "10.0.0.12"}})
+    assert several.own_engine is None  # a chat worker or the API: drives no engine
+    assert load_settings(engines={"a": {}, "b": {}}, engine="b").own_engine == "b"
+    with pytest.raises(ConfigError, match="engine 'c' is not configured"):
+        load_settings(engines={"a": {}, "b": {}}, engine="c")
+    with pytest.raises(ConfigError, match="several engines need runtime 'docker'"):
+        load_settings(engines={"a": {}, "b": {}}, pools={"p": {"command": ["x"], "runtime": "process"}})
+
+
 def test_a_pool_spreads_over_two_engines_and_serves_sessions_on_both(two_engines, docker_engine, engine_b):
     view = View(two_engines, docker_engine, engine_b)
     wait_until(lambda: all(view.count(e, "idle") == 2 for e in ENGINES), 180, interval=0.2,
@@ -142,13 +165,15 @@ def test_an_engine_lost_and_found(two_engines, docker_engine, engine_b):
         wait_until(lambda: sum(view.count(e, "idle") for e in ENGINES) == 4, 60, interval=0.2, message="4 idle")
 
         on_b = view.listed("b")
+        # one session on b is left alone: only the loss of b can take its container out of service
+        untouched = next(name for name, (_, engine) in sessions.items() if engine == "b")
         clock = Stopwatch()
         engine_b.lose()
         jobs: dict[str, dict] = {}
         threads = [threading.Thread(target=_submit, args=(two_engines, jobs, f"new-{n}", None, "hello"))
                    for n in range(6)]
         threads += [threading.Thread(target=_submit, args=(two_engines, jobs, name, session, "what is my name?"))
-                    for name, (session, _) in sessions.items()]
+                    for name, (session, _) in sessions.items() if name != untouched]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -158,6 +183,8 @@ def test_an_engine_lost_and_found(two_engines, docker_engine, engine_b):
             assert jobs[f"new-{n}"]["status"] == "succeeded", jobs[f"new-{n}"]
             assert _engine_of(view, jobs[f"new-{n}"]) == "a"
         for name, (session, engine) in sessions.items():
+            if name == untouched:
+                continue
             job = jobs[name]
             if engine == "a":
                 assert job["result"]["choices"][0]["message"]["content"] == f"Your name is {name}.", job
@@ -167,11 +194,11 @@ def test_an_engine_lost_and_found(two_engines, docker_engine, engine_b):
         wait_until(lambda: view.count("a", "idle") == 4 and not view.records()["b"], 90, interval=0.1,
                    message="the pool whole again on engine a")
         whole = clock()
-        b_sessions = [session for session, engine in sessions.values() if engine == "b"]
-        refused = client.post("/v1/jobs", json={"model": POOL, "session_id": b_sessions[0],
+        refused = client.post("/v1/jobs", json={"model": POOL, "session_id": sessions[untouched][0],
                                                  "messages": [{"role": "user", "content": "still there?"}]})
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "container_lost", refused.text
         assert view.count("a", "assigned") == 6 + sum(1 for _, e in sessions.values() if e == "a")
+        assert not view.count("b", "assigned")  # the untouched session's container left service too
         lost = set(view.retiring())
         assert lost == on_b, (lost, on_b)  # kept as leaving (counted against max_total) until b is back
 

@@ -3,7 +3,7 @@ run(ctx) -> a JSON-able dict (with "params" and "plots"), and markdown(result) -
 
 import importlib
 
-NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "refill", "scale", "tenants", "connections", "streaming",
+NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "burst_engines", "refill", "scale", "tenants", "connections", "streaming",
          "waiting")
 
 

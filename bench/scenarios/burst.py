@@ -118,8 +118,8 @@ def waves(create_times: list[float], gap_s: float = 0.25) -> int:
     return sum(1 for i, t in enumerate(ordered) if i == 0 or t - ordered[i - 1] > gap_s)
 
 
-def plot(ctx: Context, rounds: list[dict], boot: float) -> str:
-    path = ctx.plot_path("burst")
+def plot(ctx: Context, rounds: list[dict], boot: float, name: str = "burst") -> str:
+    path = ctx.plot_path(name)
     fig, axes = figure(1, 2, width=12, height=3.8)
     for i, r in enumerate(rounds):
         waits = sorted(row["wait_s"] for row in r["sessions"])

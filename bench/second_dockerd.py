@@ -1,9 +1,10 @@
 """A second Docker daemon beside the machine's own, as a second "host" for the engine
-tests (CONVENTIONS.md): its own socket, data root, exec root and pidfile, no bridge, no
+tests and the bench's two-engine burst (CONVENTIONS.md): its own socket, data root, exec root and pidfile, no bridge, no
 iptables, host networking; the reference image loaded from the first daemon.
 
 It runs under the name `dockerd-gr` (a symlink to dockerd), so `pgrep -x dockerd` still
 finds exactly one daemon: the machine's, which tests/test_faults_docker.py restarts.
+Needs root.
 Stopping it kills its containers first (a host lost), and `remove()` leaves no trace.
 """
 
@@ -18,7 +19,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from conftest import IMAGE, wait_until
+from .stack import IMAGE, wait_until
 
 
 class SecondDockerd:
