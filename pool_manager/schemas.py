@@ -142,7 +142,7 @@ class EngineStatus(BaseModel):
     warming: int = Field(ge=0)
     assigned: int = Field(ge=0)
     healthy: bool = Field(description="its worker listed it lately (one engine: its runtime answers)")
-    error: str | None = absent("why its worker could not reach it last")
+    error: str | None = Field(None, description="why its worker could not reach it last (null: it could)")
 
 
 class PoolStatus(BaseModel):
