@@ -170,7 +170,8 @@ class JobStore:
         the session was started before). The session is marked started."""
         now = time.time()
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
-                  "status": "queued", "created_at": repr(now), "request": json.dumps(request)}
+                  "status": "queued", "created_at": repr(now), "request": json.dumps(request),
+                  "new_session": str(int(new_session))}
         keys = [self.keys.job(job_id), *(self.keys.tenant(tenant, part)
                                          for part in ("jobs", "sessions", "new-sessions", "rate")),
                 self.keys.job_log(job_id), self.keys.session_started(tenant_session(tenant, session_id))]
@@ -233,7 +234,13 @@ class JobStore:
         return self.transition(job_id, "failed", delivery=delivery, error=error, finished_at=repr(time.time()))
 
     def cancel(self, job_id: str) -> bool:
-        return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
+        """Cancel a queued or waiting job; counted in its pool's jobs_cancelled (once: a job
+        is cancelled at most once)."""
+        if not self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time())):
+            return False
+        if model := self.redis.hget(self.keys.job(job_id), "model"):
+            self.redis.hincrby(self.keys.pool(model, "stats"), "jobs_cancelled", 1)
+        return True
 
     # deliveries and their leases
     def take(self, job_id: str, delivery: str, lease_s: float) -> tuple[str, dict]:
