@@ -9,6 +9,7 @@
                                             reconcile last ran), run-time scale
         pool:<pool>:retiring                containers being removed (sorted set, score: since when)
         pool:<pool>:events                  recent boots and failed boots (stream, capped)
+        pool:<pool>:health                  degraded or whole, as the workers' log last told it
         c:<container>                       a container's record (hash)
         session:<tenant>/<id>               a session (hash: container, pool, state); ids are per tenant
         session-started:<id>                set once a session's first job is accepted
@@ -37,7 +38,7 @@ class Keys:
 
     def pool(self, pool: str, part: str) -> str:
         """part: a state (warming, idle, assigned), waiting, stats, info, overrides,
-        retiring or events."""
+        retiring, events or health (degraded or whole, as last logged)."""
         return f"{self.pools}{pool}:{part}"
 
     @property

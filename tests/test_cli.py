@@ -182,7 +182,8 @@ def api_stack(request, cli_env, make_manager, tmp_path):
     make_manager("process")
     port = free_port()
     env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": json.dumps({"admin": TOKEN}),
-                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime")}  # make_manager's
+                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime"),  # make_manager's
+                     "GREENROOM_VERBOSE": "1"}  # _tasks_done reads Celery's line per task
     env["GREENROOM_CONFIG"] = str(tmp_path / "warm.toml")
     command = json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])
     Path(env["GREENROOM_CONFIG"]).write_text(

@@ -1,6 +1,5 @@
 """The public tasks: thin wrappers over pool_manager, which does the work."""
 
-import dataclasses
 from functools import lru_cache
 
 from celery.exceptions import Ignore
@@ -12,6 +11,7 @@ from pool_manager.relay import ChatRelay
 from pool_manager.schemas import tenant_session
 from pool_manager.settings import SEND_TASK_TENANT, get_settings
 
+from . import oplog
 from .app import app
 from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, PING_TASK, POOL_QUEUE, RECONCILE_ALL_TASK,
                     RECONCILE_TASK, REQUEUE_TASK)
@@ -50,12 +50,13 @@ def request_reconcile(pool: str) -> None:
 
 
 @app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
-          soft_time_limit=settings.chat_time_limit_s - 10)
+          soft_time_limit=settings.chat_time_limit_s - 10, throws=(ChatFailed,))  # logged by oplog, no traceback
 def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None,
          stream: bool = False) -> dict:
     """Serve one chat message; the job id is the task id. With stream, the reply's chunks
     go to the job's log as they come (GET /v1/jobs/<id>/events); the result is whole."""
     record = relay().serve(self.request.id, model, messages, session_id, options, stream)
+    oplog.job_ended(record)
     if record is None:  # a duplicate, or parked to be sent again: acknowledged, nothing stored
         raise Ignore()
     if record["status"] == "failed":
@@ -71,8 +72,7 @@ def ping() -> str:
 
 @app.task(name=RECONCILE_TASK)
 def reconcile(pool: str) -> dict | None:
-    report = relay().manager.reconcile(pool)
-    return dataclasses.asdict(report) if report else None
+    return oplog.reconcile(relay().manager, pool)
 
 
 @app.task(name=RECONCILE_ALL_TASK)
