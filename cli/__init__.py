@@ -13,7 +13,7 @@ import redis
 
 from pool_manager.errors import GreenroomError
 
-from . import bench, chat, pool, programs, up
+from . import bench, chat, clean, pool, programs, up
 
 
 @click.group()
@@ -22,7 +22,7 @@ def main() -> None:
 
 
 for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool,
-                bench.bench):
+                bench.bench, clean.clean):
     main.add_command(command)
 
 

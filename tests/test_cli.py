@@ -480,3 +480,45 @@ def test_pool_commands_use_the_redis_password_up_saved_here(cli_env, redis_url, 
     (tmp_path / ".greenroom" / "secrets.env").write_text(f"GREENROOM_REDIS_PASSWORD={password}\n")
     found = greenroom("pool", "status", env=env, cwd=tmp_path)
     assert found.returncode == 0 and "chatbot" in found.stdout, found.stderr
+
+
+def test_clean_removes_this_deployments_model_servers_only(cli_env, deployment, docker_engine):
+    """`greenroom clean` (`make clean`): the containers labelled with this deployment go,
+    another deployment's on the same host stay."""
+    from conftest import IMAGE, RUN_ID
+
+    def container(owner: str):
+        labels = {"greenroom.managed": "true", "greenroom.owner": owner, "greenroom.pool": "chatbot"}
+        return docker_engine.containers.create(IMAGE, ["sleep", "300"], labels=labels, network_mode="none")
+
+    mine, other = container(deployment), container(f"{RUN_ID}-other")
+    try:
+        done = greenroom("clean", env=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert f"removed 1 model server(s) of deployment '{deployment}'" in done.stdout, done.stdout
+        names = {c.id for c in docker_engine.containers.list(all=True, filters={"label": "greenroom.managed=true"})}
+        assert mine.id not in names and other.id in names
+    finally:
+        for c in (mine, other):
+            c.remove(force=True) if c.id in {x.id for x in docker_engine.containers.list(all=True)} else None
+
+
+def test_clean_removes_this_deployments_process_servers_only(cli_env, deployment, tmp_path):
+    """The same for process servers (the runtime `up` falls back to without Docker)."""
+    from conftest import RUN_ID
+    from pool_manager.runtimes.process import ProcessRuntime
+    from pool_manager.settings import reference_pool
+
+    spec = reference_pool(runtime="process", command=["sleep", "300"])
+    mine, other = (ProcessRuntime(owner, tmp_path / "state") for owner in (deployment, f"{RUN_ID}-other"))
+    for runtime in (mine, other):
+        runtime.create("gr-chatbot-1", "chatbot", spec, free_port(), "key")
+    try:
+        done = greenroom("clean", env=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert f"removed 1 model server(s) of deployment '{deployment}'" in done.stdout, done.stdout
+        assert mine.list_managed() == [] and [i.id for i in other.list_managed()] == ["gr-chatbot-1"]
+    finally:
+        for runtime in (mine, other):
+            for instance in runtime.list_managed():
+                runtime.destroy(instance.id)
