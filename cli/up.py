@@ -15,6 +15,7 @@ from pool_manager.settings import Settings, get_settings
 
 from .local_redis import local_redis, require_password, with_password
 from .programs import _run_together, _url
+from .running import hold_lock, refuse_taken_ports
 from .secretfile import HOME, SECRETS_FILE, generated_secrets
 
 PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
@@ -44,6 +45,8 @@ def up(procfile: Path | None, home: Path, verbose: bool) -> None:
     commands = _procfile_commands(procfile or PROCFILE)
     home = home.resolve()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = hold_lock(home, settings)  # noqa: F841 (held while up runs)
+    refuse_taken_ports(commands, settings)
     generated = generated_secrets(settings, home / SECRETS_FILE)
     redis_url = settings.redis_url
     if password := generated.get("GREENROOM_REDIS_PASSWORD"):

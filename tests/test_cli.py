@@ -5,6 +5,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -173,6 +174,39 @@ def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path
     assert "redis: started" not in out  # the test Redis answered at the configured URL
     assert "SIGTERM received" in out
     assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()  # the child was stopped too
+
+
+
+def test_up_twice_says_one_is_running_and_starts_nothing(cli_env, tmp_path):
+    """A second `up` from the same folder sees the first's lock: one line, non-zero, no
+    banner, no program started."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: echo started >> started.txt && exec sleep 300\n")
+    first = subprocess.Popen([GREENROOM, "up", "--procfile", str(procfile)], env=cli_env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: (tmp_path / "started.txt").exists(), 30, message="the first up's program")
+        second = greenroom("up", "--procfile", str(procfile), env=cli_env, cwd=tmp_path)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(30)
+    assert second.returncode != 0 and second.stdout == "", second.stdout
+    assert re.fullmatch(rf"Error: greenroom is already running from this folder \(pid {first.pid}, API \S+\): "
+                        r"use it, or stop it first\n", second.stderr), second.stderr
+    assert (tmp_path / "started.txt").read_text() == "started\n"
+
+
+def test_up_refuses_ports_another_stack_holds(cli_env, tmp_path):
+    """From another folder: the API's port answers already; one line naming it, and nothing started."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("api: greenroom api\nsleeper: echo started >> started.txt && exec sleep 300\n")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = greenroom("up", "--procfile", str(procfile), env=cli_env | {"GREENROOM_API_PORT": str(port)},
+                         cwd=tmp_path)
+    assert done.returncode != 0 and done.stdout == "", done.stdout
+    assert len(done.stderr.splitlines()) == 1 and f"http://127.0.0.1:{port} is taken" in done.stderr, done.stderr
+    assert "GREENROOM_API_PORT" in done.stderr and not (tmp_path / "started.txt").exists()
 
 
 @pytest.fixture
