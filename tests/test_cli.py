@@ -77,6 +77,12 @@ def test_pool_scale_unknown_pool_is_a_clear_error(cli_env):
     assert "nosuch" in done.stderr and "Traceback" not in done.stderr
 
 
+
+def test_pool_scale_past_max_total_is_one_line_naming_the_field(cli_env):
+    done = greenroom("pool", "scale", "chatbot", "--target-idle", "50", env=cli_env)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == "greenroom: target_idle: target_idle (50) exceeds max_total (3)\n", done.stderr
+
 def test_bad_spec_exits_naming_the_field_without_traceback(cli_env, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[pools.chatbot]\nimage = "x"\nmem_limit = "lots"\n')
