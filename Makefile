@@ -28,4 +28,5 @@ compose-offline:
 # This deployment's model servers only (GREENROOM_DEPLOYMENT, default greenroom): never
 # another deployment's on the same host.
 clean:
+	[ -x .venv/bin/greenroom ] || bash scripts/setup.sh venv
 	.venv/bin/greenroom clean

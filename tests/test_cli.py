@@ -257,6 +257,22 @@ def _healthy(url: str) -> bool:
         return False
 
 
+
+def test_the_readmes_talk_to_it_commands_run_as_written(api_stack):
+    """README, "Talk to it": from a shell without the venv on PATH, its lines run verbatim
+    (activate, a one-shot chat, a kept one), from the checkout."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"### Talk to it\n.*?```sh\n(.*?)```", readme, re.S).group(1).splitlines()
+    script = "\n".join(["set -e", *block[:3]])
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in api_stack["env"].items() if k != "VIRTUAL_ENV"} | {
+        "PATH": path, "GREENROOM_API_URL": api_stack["url"], "GREENROOM_TOKEN": TOKEN}
+    done = subprocess.run(["bash", "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("nice to meet you, Ada") == 2, done.stdout
+    assert "--session" in done.stdout + done.stderr  # the kept one says how to continue it
+
 def test_chat_one_message_then_a_conversation(api_stack):
     env, url = api_stack["env"], api_stack["url"]
     one = greenroom("chat", "--api-url", url, "--token", TOKEN, "Hello! My name is Ada.", env=env)
