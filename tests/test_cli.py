@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 import redis
@@ -232,6 +233,9 @@ def api_stack(request, cli_env, make_manager, tmp_path):
         # every job waits for a boot
         f'[pools.slowboot]\ncommand = {command}\nruntime = "process"\ntarget_idle = 0\nmax_total = 2\n'
         'boot_timeout_s = 600\nenv = { BOOT_SECONDS = "6" }\n'
+        # a job waits until cancelled
+        f'[pools.neverboots]\ncommand = {command}\nruntime = "process"\ntarget_idle = 0\nmax_total = 1\n'
+        'boot_timeout_s = 900\nenv = { BOOT_SECONDS = "600" }\n'
         # a reply streamed a word at a time
         f'[pools.streamer]\ncommand = {command}\nruntime = "process"\ntarget_idle = 1\nmax_total = 2\n'
         'env = { BOOT_SECONDS = "0.2", STREAM_CHUNK_SECONDS = "0.3" }\n')
@@ -495,7 +499,7 @@ def test_a_mistyped_session_warns_that_a_new_one_started(api_stack):
 def test_ctrl_c_cancels_the_job_and_says_so(api_stack):
     """One message: Ctrl-C while it waits cancels the job on the server and says so (exit
     130). In a conversation: the same, and the conversation goes on."""
-    one = Terminal(_chat(api_stack, "--model", "slowboot", "Hello!"), api_stack["env"], stdout=subprocess.PIPE)
+    one = Terminal(_chat(api_stack, "--model", "neverboots", "Hello!"), api_stack["env"], stdout=subprocess.PIPE)
     one.wait_for("in line")
     one.process.send_signal(signal.SIGINT)
     one.finish()
@@ -504,15 +508,15 @@ def test_ctrl_c_cancels_the_job_and_says_so(api_stack):
     with httpx.Client(base_url=api_stack["url"], headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
 
-    talk = Terminal(_chat(api_stack, "--model", "slowboot"), api_stack["env"], stdin=subprocess.PIPE,
+    talk = Terminal(_chat(api_stack, "--model", "neverboots"), api_stack["env"], stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE)
     talk.process.stdin.write(b"Hello!\n")
     talk.process.stdin.flush()
     talk.wait_for("in line")
     talk.process.send_signal(signal.SIGINT)
-    talk.wait_for(") cancelled)")
+    talk.wait_for(" cancelled)")
     talk.process.stdin.write(b"/quit\n")
-    talk.process.stdin.close()
+    talk.process.stdin.flush()
     talk.finish()
     assert talk.process.returncode == 0, talk.text()
     assert re.search(r"\(job \S+ cancelled\)", talk.text()), talk.text()
@@ -552,11 +556,14 @@ def test_clean_removes_this_deployments_model_servers_only(cli_env, deployment, 
         done = greenroom("clean", env=cli_env)
         assert done.returncode == 0, done.stderr
         assert f"removed 1 model server(s) of deployment '{deployment}'" in done.stdout, done.stdout
-        names = {c.id for c in docker_engine.containers.list(all=True, filters={"label": "greenroom.managed=true"})}
-        assert mine.id not in names and other.id in names
+        ids = {row["Id"] for row in docker_engine.api.containers(all=True, filters={"label": "greenroom.managed=true"})}
+        assert mine.id not in ids and other.id in ids
     finally:
         for c in (mine, other):
-            c.remove(force=True) if c.id in {x.id for x in docker_engine.containers.list(all=True)} else None
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # removed by clean
 
 
 def test_clean_removes_this_deployments_process_servers_only(cli_env, deployment, tmp_path):
