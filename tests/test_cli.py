@@ -302,9 +302,9 @@ def test_pool_scale_and_patch_ask_for_the_reconcile_that_starts_or_retires_conta
             status = admin.get("/v1/pools/chatbot").json()
             return status if all(status[k] == v for k, v in expected.items()) else None
 
-        # the fill each of the two workers asks for as it starts (a pass per pool): all done
+        # the fill each of the two workers asks for as it starts (a pass per pool, 4 pools): all done
         wait_until(lambda: pool(idle=1, warming=0) and _tasks_done(api_stack["logs"]["worker"], {
-            "greenroom.pool.reconcile_all": 2, "greenroom.pool.reconcile": 2 * 3}), 30, interval=0.2,
+            "greenroom.pool.reconcile_all": 2, "greenroom.pool.reconcile": 2 * 4}), 30, interval=0.2,
                    message="the first fill")
         up = greenroom("pool", "scale", "chatbot", "--target-idle", "3", env=env)
         assert up.returncode == 0 and "chatbot: target_idle=3 max_total=4" in up.stdout, up.stderr
