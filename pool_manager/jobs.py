@@ -55,12 +55,12 @@ if new_session == '1' then
   redis.call('ZADD', new_sessions, now, job_id)
 end
 redis.call('ZADD', jobs, now, job_id)
-redis.call('HSET', job, unpack(ARGV, 9))
+redis.call('HSET', job, 'new_session', new_session, unpack(ARGV, 9))
 redis.call('EXPIRE', job, ttl)
 redis.call('XADD', log, '*', 'event', 'queued', 'data', '{}')
 redis.call('EXPIRE', log, ttl)
 redis.call('SET', started, 1, 'EX', ttl)
-return 'created'
+return 'created:' .. new_session
 """
 
 # Set fields and the status unless the job is already final, or (allowed_from given) its
@@ -170,8 +170,7 @@ class JobStore:
         the session was started before). The session is marked started."""
         now = time.time()
         fields = {"id": job_id, "tenant": tenant, "model": model, "session_id": session_id,
-                  "status": "queued", "created_at": repr(now), "request": json.dumps(request),
-                  "new_session": str(int(new_session))}
+                  "status": "queued", "created_at": repr(now), "request": json.dumps(request)}
         keys = [self.keys.job(job_id), *(self.keys.tenant(tenant, part)
                                          for part in ("jobs", "sessions", "new-sessions", "rate")),
                 self.keys.job_log(job_id), self.keys.session_started(tenant_session(tenant, session_id))]
@@ -181,9 +180,10 @@ class JobStore:
         outcome = self._create(keys=keys, args=[*args, *(x for item in fields.items() for x in item)])
         if outcome == "exists":
             return None
+        outcome, _, new_session = outcome.partition(":")  # created:<1 if it started its session, else 0>
         if outcome != "created":
             raise LimitExceeded(tenant, outcome, getattr(limits, outcome))
-        return fields
+        return fields | {"new_session": new_session}
 
     def refuse(self, job_id: str, *, tenant: str, model: str, session_id: str, error: GreenroomError) -> None:
         """Record a job that was not admitted (a send_task job over its tenant's limits) as
