@@ -22,7 +22,7 @@ QUIET_S = 12
 BUSY_S = 12
 # Every line a busy window may write (after the timestamp and program name).
 WHAT_CHANGED = re.compile(r"INFO/MainProcess\] pool \w+: gr-\w+-\w+ (ready in [\d.]+s|removed)$"
-                          r"|(INFO|WARNING)/MainProcess\] job \S+ \(tenant \w+, model \w+\) (cancelled|failed: .*)$")
+                          r"|(INFO|WARNING)/MainProcess\] job \S+ \(tenant \w+, model \w+\) failed: .*$")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_a_quiet_window_writes_nothing_and_a_busy_one_what_changed(quiet_stack):
     assert len(client_error) == 1 and "INFO/" in client_error[0], text  # the client's mistake: INFO
     ours = [line for line in lines if "container_lost" in line]
     assert len(ours) == 1 and "WARNING/" in ours[0], text  # ours: a WARNING
-    assert len([line for line in lines if line.endswith(") cancelled")]) == 1, text
+    assert not [line for line in lines if "cancelled" in line], text  # the client's doing: counted, not logged
     assert len(lines) <= 6 + 3 * did["sessions"], text  # boots and removals, one line each
     metrics = httpx.get(f"{stack.api_url}/metrics").text
     assert 'greenroom_jobs_total{outcome="cancelled",pool="slowbot"} 1.0' in metrics

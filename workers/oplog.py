@@ -1,8 +1,10 @@
 """What the workers' log tells an operator: what changed, one line each. A job that failed
-for a reason on our side is a WARNING; a client's mistake and a cancelled job are INFO,
-without a traceback; a succeeded job, nothing. A pool turning degraded is a WARNING, and
-whole again an INFO, once per change whichever worker sees it. (Celery's own line per task
-and per beat tick shows with --verbose: workers/app.py.)"""
+for a reason on our side is a WARNING; a client's mistake is an INFO, without a traceback;
+a succeeded or cancelled job, nothing (cancelling is the client's doing, counted in
+greenroom_jobs_total; a job cancelled while parked in line never returns to a worker). A
+pool turning degraded is a WARNING, and whole again an INFO, once per change whichever
+worker sees it. (Celery's own line per task and per beat tick shows with --verbose:
+workers/app.py.)"""
 
 import dataclasses
 import logging
@@ -24,7 +26,7 @@ def job_ended(record: dict | None) -> None:
         return
     where = f"job {record['id']} (tenant {record.get('tenant')}, model {record.get('model')})"
     if record["status"] == "cancelled":
-        log.info("%s cancelled", where)
+        log.debug("%s cancelled", where)
         return
     error = record.get("error") or {}
     level = logging.INFO if error.get("code") in CLIENT_ERRORS else logging.WARNING
