@@ -25,5 +25,8 @@ bench: setup
 compose-offline:
 	bash scripts/setup.sh packages base venv wheelhouse redis
 
+# This deployment's model servers only (GREENROOM_DEPLOYMENT, default greenroom): never
+# another deployment's on the same host.
 clean:
-	docker ps -aq --filter label=greenroom.managed=true | xargs -r docker rm -f
+	[ -x .venv/bin/greenroom ] || bash scripts/setup.sh venv
+	.venv/bin/greenroom clean

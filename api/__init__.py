@@ -4,7 +4,7 @@ from flask import Flask
 
 from pool_manager.settings import get_settings, load_settings
 
-from . import auth, completions, errors, health, jobs, metrics, openapi, pools, sessions, ui
+from . import auth, completions, errors, health, index, jobs, metrics, openapi, pools, sessions, ui
 from .services import Services
 
 
@@ -17,7 +17,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     Services.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app)
-    for module in (health, metrics, openapi, jobs, completions, sessions, pools):
+    for module in (index, health, metrics, openapi, jobs, completions, sessions, pools):
         app.register_blueprint(module.bp)
     ui.init_app(app)
     return app

@@ -1,6 +1,6 @@
 """Bearer tokens, each mapped to a tenant. Tokens are kept only as SHA-256 digests, and a
-tenant sees only its own jobs and sessions. Health, readiness and the OpenAPI document
-are public."""
+tenant sees only its own jobs and sessions. Health, readiness, the OpenAPI document
+and the index (GET /) are public."""
 
 import hashlib
 
@@ -11,7 +11,7 @@ from pool_manager.settings import Settings
 from .errors import ApiError
 from .services import services
 
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "openapi.document", "static"}
+PUBLIC_ENDPOINTS = {"index.index", "health.healthz", "health.readyz", "metrics.metrics", "openapi.document", "static"}
 
 
 def digest(token: str) -> str:

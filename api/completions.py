@@ -42,8 +42,8 @@ def completions():
         raise ApiError(422, "invalid_request", f"{SESSION_HEADER}: must match {ID_PATTERN}", field=SESSION_HEADER)
     if session_id is None:
         session_id = header
-    fields = {"model": body.pop("model", None), "messages": body.pop("messages", None),
-              "session_id": session_id, "options": body, "stream": stream}
+    required = {name: body.pop(name) for name in ("model", "messages") if name in body}  # absent: "missing"
+    fields = required | {"session_id": session_id, "options": body, "stream": stream}
     chat_job = ChatJob.model_validate(fields)
     if stream:
         return streamed(chat_job, include_usage=bool(stream_options.get("include_usage")))

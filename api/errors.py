@@ -34,7 +34,8 @@ def validation_error(exc: ValidationError) -> ApiError:
     """422 naming the first field at fault."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
-    return ApiError(422, "invalid_request", f"{field}: {first['msg']}", field=field)
+    message = "missing; this field is required" if first["type"] == "missing" else first["msg"]
+    return ApiError(422, "invalid_request", f"{field}: {message}", field=field)
 
 
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024

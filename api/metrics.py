@@ -28,7 +28,7 @@ COUNTERS = {
     "claims": ("greenroom_claims", "New sessions that claimed a container, by whether it was warm or waited for",
                {"claims_warm": "warm", "claims_waited": "waited"}, "served"),
     "jobs": ("greenroom_jobs", "Chat jobs finished, by outcome",
-             {"jobs_succeeded": "succeeded", "jobs_failed": "failed"}, "outcome"),
+             {"jobs_succeeded": "succeeded", "jobs_failed": "failed", "jobs_cancelled": "cancelled"}, "outcome"),
     "booted": ("greenroom_boots", "Containers that became healthy", {"booted": None}, None),
     "failed": ("greenroom_boot_failures", "Containers destroyed for never becoming healthy", {"failed": None}, None),
     "model_failures": ("greenroom_model_failures", "Chat replies a model server answered with a 5xx",

@@ -144,7 +144,13 @@ def _paths(settings: Settings) -> dict:
                          "parameters": {"session_id": "$response.body#/session_id"}},
     }
     submitted = _body(_ref("JobView"), "Queued; poll it at Location", Location=LOCATION) | {"links": job_links}
+    links = ("openapi", "pool_page", "chat", "jobs", "health", "metrics")
+    index = {"type": "object", "required": ["name", "about", "docs", *links], "additionalProperties": False,
+             "properties": {name: {"type": "string"} for name in ("name", "about", "docs", *links)}}
     return {
+        "/": {"get": {"operationId": "index", "summary": "Where the OpenAPI document, the pool page and the "
+                                                         "endpoints are", "security": [],
+                      "responses": {"200": _body(index, "Links"), **_errors()}}},
         "/v1/jobs": {"post": {
             "operationId": "submitJob", "summary": "Submit a chat job",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatJob")}}},

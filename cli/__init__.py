@@ -13,7 +13,7 @@ import redis
 
 from pool_manager.errors import GreenroomError
 
-from . import bench, chat, pool, programs, up
+from . import bench, chat, clean, pool, programs, up
 
 
 @click.group()
@@ -22,7 +22,7 @@ def main() -> None:
 
 
 for command in (programs.api, programs.worker, programs.beat, programs.flower, up.up, chat.chat, pool.pool,
-                bench.bench):
+                bench.bench, clean.clean):
     main.add_command(command)
 
 
@@ -33,5 +33,13 @@ def run() -> None:
         click.echo(f"greenroom: {exc}", err=True)
         sys.exit(2)
     except redis.ConnectionError as exc:
-        click.echo(f"greenroom: cannot reach Redis: {exc}", err=True)
+        click.echo(f"greenroom: {_redis_problem(exc)}", err=True)
         sys.exit(2)
+
+
+def _redis_problem(exc: redis.ConnectionError) -> str:
+    if isinstance(exc, redis.AuthenticationError) or "AUTH" in str(exc):
+        return ("Redis refused us: it asks for a password. Put it in GREENROOM_REDIS_URL "
+                "(redis://:<password>@host:port/0), or run from the folder `greenroom up` ran in "
+                "(it saved the password in .greenroom/secrets.env)")
+    return f"cannot reach Redis: {exc}"

@@ -10,6 +10,8 @@ from pool_manager.specs import PoolSpecs
 from pool_manager.state import PoolState, connect_redis
 from workers.names import POOL_QUEUE, RECONCILE_TASK
 
+from .secretfile import with_saved_redis_password
+
 
 @click.group()
 def pool() -> None:
@@ -20,7 +22,7 @@ def pool() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool, in a list.")
 def pool_status(as_json: bool) -> None:
     """Each pool's target and its containers by state."""
-    settings = get_settings()
+    settings = with_saved_redis_password(get_settings())
     overview = PoolOverview(settings, connect_redis(settings.redis_url))
     rows = [overview.status(name).model_dump() for name in overview.pools]
     if as_json:
@@ -51,7 +53,7 @@ def pool_scale(name: str, target_idle: int | None, max_total: int | None) -> Non
         raise click.UsageError("give --target-idle and/or --max-total")
     from workers.config import make_celery  # Celery only for this command
 
-    settings = get_settings()
+    settings = with_saved_redis_password(get_settings())
     spec = PoolSpecs(settings, PoolState(connect_redis(settings.redis_url), settings.deployment)).scale(name, **values)
     make_celery(settings).send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE, ignore_result=True,
                                     expires=settings.reconcile_interval_s * 4)

@@ -26,8 +26,17 @@ def _program(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _celery(*args: str) -> list[str]:
-    return _program("celery", "-A", CELERY_APP, *args)
+def _celery(*args: str, quiet: bool = False) -> list[str]:
+    """quiet: without the start-up banners (celery -q)."""
+    return _program("celery", "-A", CELERY_APP, *(["-q"] if quiet else []), *args)
+
+
+VERBOSE_HELP = "Log every task received and finished, and every beat tick (default: what changed, one line each)."
+
+
+def _verbose_env(verbose: bool) -> dict[str, str]:
+    """The environment for a program of the stack: verbose reaches it as a setting."""
+    return os.environ | ({"GREENROOM_VERBOSE": "1"} if verbose else {})
 
 
 def _become(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
@@ -107,19 +116,21 @@ def _api_argv(settings: Settings, workers: int, worker_class: str, threads: int,
 @click.option("--engine", help="The Docker engine this pool worker drives, of [engines.<name>] (default: the "
                                "only one); it alone talks to that engine.")
 @click.option("--loglevel", default="info", show_default=True)
-def worker(queue: str, name: str | None, engine: str | None, loglevel: str) -> None:
+@click.option("--verbose", is_flag=True, help=VERBOSE_HELP)
+def worker(queue: str, name: str | None, engine: str | None, loglevel: str, verbose: bool) -> None:
     """A Celery worker (threads pool) for one queue, or one worker per queue.
 
     Maintenance runs in a worker of its own so that it never waits behind chat jobs that
     are waiting for a container: `--queue all` starts two workers, not one."""
     settings = get_settings()
+    verbose = verbose or settings.verbose
     engine = _engine(settings, queue, engine)
-    env = dict(os.environ) | ({"GREENROOM_ENGINE": engine} if engine else {})
+    env = _verbose_env(verbose) | ({"GREENROOM_ENGINE": engine} if engine else {})
     if queue != "all":
-        _become(_worker_argv(settings, queue, name, loglevel, engine), env)
+        _become(_worker_argv(settings, queue, name, loglevel, verbose, engine), env)
     if name:
         raise click.UsageError("--name needs --queue chat or --queue pool")
-    commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel, engine)) for q in QUEUES}
+    commands = {q: shlex.join(_worker_argv(settings, q, None, loglevel, verbose, engine)) for q in QUEUES}
     envs = {"pool": env, "chat": {k: v for k, v in env.items() if k != "GREENROOM_ENGINE"}}  # chat drives none
     sys.exit(_run_together(commands, envs))
 
@@ -134,7 +145,7 @@ def _engine(settings: Settings, queue: str, engine: str | None) -> str | None:
     return engine or (settings.engine if queue != "chat" else None)
 
 
-def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str,
+def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str, verbose: bool,
                  engine: str | None = None) -> list[str]:
     concurrency = settings.chat_concurrency if queue == "chat" else POOL_CONCURRENCY
     queues = QUEUES[queue]
@@ -145,31 +156,36 @@ def _worker_argv(settings: Settings, queue: str, name: str | None, loglevel: str
     return _celery(
         "worker", "-Q", queues, "--pool", "threads", "-c", str(concurrency),
         "-n", name or default, "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
+        quiet=not verbose,
     )
 
 
 @click.command()
 @click.option("--loglevel", default="info", show_default=True)
-def beat(loglevel: str) -> None:
+@click.option("--verbose", is_flag=True, help=VERBOSE_HELP)
+def beat(loglevel: str, verbose: bool) -> None:
     """Celery beat: the periodic reconcile of every pool (run exactly one)."""
     settings = get_settings()
+    verbose = verbose or settings.verbose
     folder = private_state_dir(settings.state_dir) / "beat"
     folder.mkdir(mode=0o700, exist_ok=True)
     schedule = folder / f"{settings.deployment}-schedule"
-    _become(_celery("beat", "-s", str(schedule), "--pidfile=", "-l", loglevel))
+    _become(_celery("beat", "-s", str(schedule), "--pidfile=", "-l", loglevel, quiet=not verbose),
+            _verbose_env(verbose))
 
 
 @click.command()
 @click.option("--read-only/--read-write", default=True, show_default=True,
               help="Read-only hides and refuses revoke, terminate, shutdown, pool and rate-limit changes.")
-def flower(read_only: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Also list the registered tasks at start.")
+def flower(read_only: bool, verbose: bool) -> None:
     """Flower, behind basic auth (flower_user / flower_password), on flower_host:flower_port.
 
     The credentials reach Flower through FLOWER_BASIC_AUTH in its environment, so they
     never show in `ps`."""
     settings = get_settings()
     argv = _celery("flower", f"--address={settings.flower_host}", f"--port={settings.flower_port}")
-    _become(argv, os.environ | _flower_env(settings, read_only))
+    _become(argv, _verbose_env(verbose) | _flower_env(settings, read_only))
 
 
 def _flower_env(settings: Settings, read_only: bool) -> dict[str, str]:

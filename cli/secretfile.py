@@ -30,6 +30,24 @@ def generated_secrets(settings: Settings, path: Path) -> dict[str, str]:
     return values
 
 
+def secret_from_home(name: str) -> tuple[str | None, Path]:
+    """A secret `greenroom up` saved in ./.greenroom/secrets.env (run from the folder `up` ran
+    in), and the file looked in."""
+    path = (HOME / SECRETS_FILE).resolve()
+    return read_env_file(path).get(name), path
+
+
+def with_saved_redis_password(settings: Settings) -> Settings:
+    """settings, with the Redis password `greenroom up` saved here when the URL has none
+    (so that `greenroom pool ...` works from the folder `up` ran in, as `chat` does)."""
+    from .local_redis import with_password
+
+    password, _ = secret_from_home("GREENROOM_REDIS_PASSWORD")
+    if urlsplit(settings.redis_url).password or not password:
+        return settings
+    return settings.model_copy(update={"redis_url": with_password(settings.redis_url, password)})
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """NAME=value lines (shell-quoted values allowed); tightens a too-open mode to 0600."""
     if not path.is_file():

@@ -15,6 +15,7 @@ from pool_manager.settings import Settings, get_settings
 
 from .local_redis import local_redis, require_password, with_password
 from .programs import _run_together, _url
+from .running import hold_lock, refuse_taken_ports
 from .secretfile import HOME, SECRETS_FILE, generated_secrets
 
 PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
@@ -31,7 +32,9 @@ WITHHELD = {"GREENROOM_API_KEYS", "GREENROOM_FLOWER_PASSWORD", "GREENROOM_TOKEN"
               help="Default: the Procfile of this checkout.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=HOME, show_default=True,
               help="up's own state: generated secrets, Redis's data, process servers' records.")
-def up(procfile: Path | None, home: Path) -> None:
+@click.option("--verbose", is_flag=True, help="Log every task received and finished and every beat tick "
+                                              "(default: what changed, one line each).")
+def up(procfile: Path | None, home: Path, verbose: bool) -> None:
     """Everything in the Procfile under honcho: the API, a chat worker, a maintenance
     worker, beat and Flower; and Redis too, when the configured one is local and down.
 
@@ -42,6 +45,8 @@ def up(procfile: Path | None, home: Path) -> None:
     commands = _procfile_commands(procfile or PROCFILE)
     home = home.resolve()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = hold_lock(home, settings)  # noqa: F841 (held while up runs)
+    refuse_taken_ports(commands, settings)
     generated = generated_secrets(settings, home / SECRETS_FILE)
     redis_url = settings.redis_url
     if password := generated.get("GREENROOM_REDIS_PASSWORD"):
@@ -49,7 +54,7 @@ def up(procfile: Path | None, home: Path) -> None:
     with local_redis(redis_url, home / "redis"):
         require_password(redis_url)
         _print_welcome(settings, home / SECRETS_FILE, generated)
-        common = _common_env(home, redis_url)
+        common = _common_env(home, redis_url) | ({"GREENROOM_VERBOSE": "1"} if verbose else {})
         code = _run_together(commands, {name: _program_env(name, common, settings, generated) for name in commands})
     sys.exit(code)
 

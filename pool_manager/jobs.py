@@ -55,12 +55,12 @@ if new_session == '1' then
   redis.call('ZADD', new_sessions, now, job_id)
 end
 redis.call('ZADD', jobs, now, job_id)
-redis.call('HSET', job, unpack(ARGV, 9))
+redis.call('HSET', job, 'new_session', new_session, unpack(ARGV, 9))
 redis.call('EXPIRE', job, ttl)
 redis.call('XADD', log, '*', 'event', 'queued', 'data', '{}')
 redis.call('EXPIRE', log, ttl)
 redis.call('SET', started, 1, 'EX', ttl)
-return 'created'
+return 'created:' .. new_session
 """
 
 # Set fields and the status unless the job is already final, or (allowed_from given) its
@@ -180,9 +180,10 @@ class JobStore:
         outcome = self._create(keys=keys, args=[*args, *(x for item in fields.items() for x in item)])
         if outcome == "exists":
             return None
+        outcome, _, new_session = outcome.partition(":")  # created:<1 if it started its session, else 0>
         if outcome != "created":
             raise LimitExceeded(tenant, outcome, getattr(limits, outcome))
-        return fields
+        return fields | {"new_session": new_session}
 
     def refuse(self, job_id: str, *, tenant: str, model: str, session_id: str, error: GreenroomError) -> None:
         """Record a job that was not admitted (a send_task job over its tenant's limits) as
@@ -233,7 +234,13 @@ class JobStore:
         return self.transition(job_id, "failed", delivery=delivery, error=error, finished_at=repr(time.time()))
 
     def cancel(self, job_id: str) -> bool:
-        return self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time()))
+        """Cancel a queued or waiting job; counted in its pool's jobs_cancelled (once: a job
+        is cancelled at most once)."""
+        if not self.transition(job_id, "cancelled", allowed_from=CANCELLABLE, finished_at=repr(time.time())):
+            return False
+        if model := self.redis.hget(self.keys.job(job_id), "model"):
+            self.redis.hincrby(self.keys.pool(model, "stats"), "jobs_cancelled", 1)
+        return True
 
     # deliveries and their leases
     def take(self, job_id: str, delivery: str, lease_s: float) -> tuple[str, dict]:

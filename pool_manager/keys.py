@@ -12,6 +12,7 @@
         pool:<pool>:placed:<engine>         containers placed on an engine, not yet started by its
                                             worker (sorted set of tokens, score: placed at; engines.py)
         engine:<engine>                     an engine's heartbeat: last listed, last error, lost at (hash)
+        pool:<pool>:health                  degraded or whole, as the workers' log last told it
         c:<container>                       a container's record (hash)
         session:<tenant>/<id>               a session (hash: container, pool, state); ids are per tenant
         session-started:<id>                set once a session's first job is accepted
@@ -40,7 +41,7 @@ class Keys:
 
     def pool(self, pool: str, part: str) -> str:
         """part: a state (warming, idle, assigned), waiting, stats, info, overrides,
-        retiring or events."""
+        retiring, events or health (degraded or whole, as last logged)."""
         return f"{self.pools}{pool}:{part}"
 
     @property

@@ -80,7 +80,17 @@ class ChatRelay:
                                      request)
                 except Parked:
                     return None
-        return self.jobs.get(job_id)
+        record = self.jobs.get(job_id)
+        if taken == "final":
+            self._close_unclaimed(record, public_session)
+        return record
+
+    def _close_unclaimed(self, record: dict, public_session: str) -> None:
+        """A job cancelled after the hand-off opened its session on a container and before
+        it could take it: nobody else will close that session."""
+        session = tenant_session(record["tenant"], public_session)
+        if self.manager.state.session(session).get("handed_to") == record["id"]:
+            self.manager.close_session(session)
 
     def _admit_send_task(self, job_id: str, model: str, public_session: str, request: dict) -> bool:
         """A job sent with send_task has no record yet: it belongs to SEND_TASK_TENANT and is

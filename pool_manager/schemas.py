@@ -117,6 +117,8 @@ class JobView(BaseModel):
     status: Literal[JOB_STATES]
     model: str
     session_id: str
+    new_session: bool | None = absent("this job started its session: no session of that id was open (a mistyped "
+                                      "session_id starts a new one)")
     created_at: float
     finished_at: float | None = absent()
     position: Annotated[int, Field(ge=0)] | None = absent("place in line while waiting_for_container")

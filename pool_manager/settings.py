@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(10, ge=1)
     result_ttl_s: int = Field(86400, gt=0)  # how long finished jobs can be polled
     chat_concurrency: int = Field(16, ge=1)  # relaying threads per chat worker
+    # Logs: what changed (containers ready, failed, removed; pools degraded or whole; jobs
+    # that failed), one line each; verbose adds every task and beat tick.
+    verbose: bool = False
 
     # API: bearer tokens per tenant, as plain text or "sha256:<hex digest>" (kept hashed)
     api_keys: dict[str, SecretStr] = {}

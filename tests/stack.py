@@ -29,8 +29,10 @@ class Stack(bench_stack.Stack):
         self.database = _free_databases.pop(0)
         super().__init__(folder, pool, redis_url=f"{redis_url.rsplit('/', 1)[0]}/{self.database}",
                          deployment=f"{RUN_ID}-{name}", tokens=TOKENS, api_args=("--workers", "1", "--threads", "16"),
-                         # tenants held to no limits unless a test sets them (they are tested apart)
-                         **({"chat_concurrency": 8, "tenant_limits": bench_stack.UNLIMITED} | settings))
+                         # tenants held to no limits unless a test sets them (they are tested apart);
+                         # verbose logs: tests read Celery's line per task and per beat tick
+                         **({"chat_concurrency": 8, "tenant_limits": bench_stack.UNLIMITED, "verbose": True}
+                            | settings))
 
     def client(self, tenant: str = "acme", timeout: float = 60) -> httpx.Client:
         return super().client(tenant, timeout)

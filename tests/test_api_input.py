@@ -228,3 +228,62 @@ def test_a_sha256_key_lets_its_token_in_and_not_itself(redis_url, deployment):
 
     assert (status(token), status(plain)) == (200, 200)
     assert (status(digest), status(f"sha256:{digest}")) == (401, 401)
+
+
+# ---------------------------------------------------------------- the first hour (issue 17)
+
+def test_the_index_says_where_things_are(stack):
+    """GET / (public) names the OpenAPI document, the pool page and the endpoints, as URLs
+    that answer."""
+    response = httpx.get(stack.api_url + "/")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["openapi"], body["pool_page"]) == (f"{stack.api_url}/openapi.json", f"{stack.api_url}/ui")
+    assert "README.md" in body["docs"]
+    assert httpx.get(body["openapi"]).status_code == httpx.get(body["health"]).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/chat/completions"])
+@pytest.mark.parametrize("missing", ["model", "messages"])
+def test_a_missing_field_is_called_missing_on_both_endpoints(acme, path, missing):
+    body = {"model": "chatbot", "messages": MESSAGE}
+    del body[missing]
+    response = acme.post(path, json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == {"code": "invalid_request", "field": missing,
+                                        "message": f"{missing}: missing; this field is required"}
+
+
+def test_a_job_says_whether_it_started_a_new_session(acme):
+    """A client-named session that did not exist starts one (a mistyped id too): the job
+    says so, on submission and when read."""
+    first = submit(acme).json()
+    assert first["new_session"] is True
+    again = submit(acme, session_id=first["session_id"]).json()
+    assert again["new_session"] is False
+    assert acme.get(f"/v1/jobs/{again['id']}").json()["new_session"] is False
+    assert submit(acme, session_id=first["session_id"] + "-typo").json()["new_session"] is True
+
+
+def test_scaling_past_max_total_is_one_sentence_naming_the_field(stack):
+    with stack.client("admin") as admin:
+        response = admin.patch("/v1/pools/chatbot", json={"target_idle": 50})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "target_idle" and "50" in error["message"]
+    assert "pydantic" not in error["message"] and "input_value" not in error["message"]
+    assert "\n" not in error["message"] and error["message"].count(".") <= 1
+
+
+def test_a_cancelled_job_counts_as_cancelled_in_jobs_total(stack, acme):
+    def cancelled() -> float:
+        text = httpx.get(stack.api_url + "/metrics").text
+        line = next(line for line in text.splitlines()
+                    if line.startswith('greenroom_jobs_total{') and 'outcome="cancelled"' in line)
+        return float(line.rsplit(" ", 1)[1])
+
+    before = cancelled()
+    job = submit(acme).json()
+    assert acme.delete(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert acme.delete(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"  # again: counted once
+    assert cancelled() == before + 1

@@ -2,12 +2,16 @@
 
 import json
 import os
+import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 import redis
@@ -73,6 +77,12 @@ def test_pool_scale_unknown_pool_is_a_clear_error(cli_env):
     assert done.returncode != 0
     assert "nosuch" in done.stderr and "Traceback" not in done.stderr
 
+
+
+def test_pool_scale_past_max_total_is_one_line_naming_the_field(cli_env):
+    done = greenroom("pool", "scale", "chatbot", "--target-idle", "50", env=cli_env)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == "greenroom: target_idle: target_idle (50) exceeds max_total (3)\n", done.stderr
 
 def test_bad_spec_exits_naming_the_field_without_traceback(cli_env, tmp_path):
     bad = tmp_path / "bad.toml"
@@ -173,6 +183,39 @@ def test_up_uses_a_running_redis_and_stops_children_on_sigterm(cli_env, tmp_path
     assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()  # the child was stopped too
 
 
+
+def test_up_twice_says_one_is_running_and_starts_nothing(cli_env, tmp_path):
+    """A second `up` from the same folder sees the first's lock: one line, non-zero, no
+    banner, no program started."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: echo started >> started.txt && exec sleep 300\n")
+    first = subprocess.Popen([GREENROOM, "up", "--procfile", str(procfile)], env=cli_env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: (tmp_path / "started.txt").exists(), 30, message="the first up's program")
+        second = greenroom("up", "--procfile", str(procfile), env=cli_env, cwd=tmp_path)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(30)
+    assert second.returncode != 0 and second.stdout == "", second.stdout
+    assert re.fullmatch(rf"Error: greenroom is already running from this folder \(pid {first.pid}, API \S+\): "
+                        r"use it, or stop it first\n", second.stderr), second.stderr
+    assert (tmp_path / "started.txt").read_text() == "started\n"
+
+
+def test_up_refuses_ports_another_stack_holds(cli_env, tmp_path):
+    """From another folder: the API's port answers already; one line naming it, and nothing started."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("api: greenroom api\nsleeper: echo started >> started.txt && exec sleep 300\n")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = greenroom("up", "--procfile", str(procfile), env=cli_env | {"GREENROOM_API_PORT": str(port)},
+                         cwd=tmp_path)
+    assert done.returncode != 0 and done.stdout == "", done.stdout
+    assert len(done.stderr.splitlines()) == 1 and f"http://127.0.0.1:{port} is taken" in done.stderr, done.stderr
+    assert "GREENROOM_API_PORT" in done.stderr and not (tmp_path / "started.txt").exists()
+
+
 @pytest.fixture
 def api_stack(request, cli_env, make_manager, tmp_path):
     """`greenroom api` and `greenroom worker` (both queues); make_manager's teardown then
@@ -180,12 +223,22 @@ def api_stack(request, cli_env, make_manager, tmp_path):
     make_manager("process")
     port = free_port()
     env = cli_env | {"GREENROOM_API_PORT": str(port), "GREENROOM_API_KEYS": json.dumps({"admin": TOKEN}),
-                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime")}  # make_manager's
+                     "GREENROOM_STATE_DIR": str(tmp_path / "process-runtime"),  # make_manager's
+                     "GREENROOM_VERBOSE": "1"}  # _tasks_done reads Celery's line per task
     env["GREENROOM_CONFIG"] = str(tmp_path / "warm.toml")
+    command = json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])
     Path(env["GREENROOM_CONFIG"]).write_text(
-        "[pools.chatbot]\n"
-        f"command = {json.dumps([sys.executable, str(REPO / 'images/chatbot/server.py')])}\n"
-        'runtime = "process"\ntarget_idle = 1\nmax_total = 4\nenv = { BOOT_SECONDS = "0.2" }\n')
+        f'[pools.chatbot]\ncommand = {command}\n'
+        'runtime = "process"\ntarget_idle = 1\nmax_total = 4\nenv = { BOOT_SECONDS = "0.2" }\n'
+        # every job waits for a boot
+        f'[pools.slowboot]\ncommand = {command}\nruntime = "process"\ntarget_idle = 0\nmax_total = 2\n'
+        'boot_timeout_s = 600\nenv = { BOOT_SECONDS = "6" }\n'
+        # a job waits until cancelled
+        f'[pools.neverboots]\ncommand = {command}\nruntime = "process"\ntarget_idle = 0\nmax_total = 1\n'
+        'boot_timeout_s = 900\nenv = { BOOT_SECONDS = "600" }\n'
+        # a reply streamed a word at a time
+        f'[pools.streamer]\ncommand = {command}\nruntime = "process"\ntarget_idle = 1\nmax_total = 2\n'
+        'env = { BOOT_SECONDS = "0.2", STREAM_CHUNK_SECONDS = "0.3" }\n')
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
     processes = [start_program([GREENROOM, "api", "--workers", "1", "--threads", "8"], env, logs["api"], cwd=REPO),
                  start_program([GREENROOM, "worker"], env, logs["worker"], cwd=REPO)]
@@ -208,23 +261,35 @@ def _healthy(url: str) -> bool:
         return False
 
 
+
+def test_the_readmes_talk_to_it_commands_run_as_written(api_stack):
+    """README, "Talk to it": from a shell without the venv on PATH, its lines run verbatim
+    (activate, a one-shot chat, a kept one), from the checkout."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"### Talk to it\n.*?```sh\n(.*?)```", readme, re.S).group(1).splitlines()
+    script = "\n".join(["set -e", *block[:3]])
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in api_stack["env"].items() if k != "VIRTUAL_ENV"} | {
+        "PATH": path, "GREENROOM_API_URL": api_stack["url"], "GREENROOM_TOKEN": TOKEN}
+    done = subprocess.run(["bash", "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("nice to meet you, Ada") == 2, done.stdout
+    assert "--session" in done.stdout + done.stderr  # the kept one says how to continue it
+
 def test_chat_one_message_then_a_conversation(api_stack):
     env, url = api_stack["env"], api_stack["url"]
     one = greenroom("chat", "--api-url", url, "--token", TOKEN, "Hello! My name is Ada.", env=env)
     assert one.returncode == 0, one.stderr
-    assert "Ada" in one.stdout and "--session" in one.stderr
+    assert "Ada" in one.stdout and "--session" not in one.stderr  # closed: nothing to continue
 
     talk = subprocess.run([GREENROOM, "chat"], input="My name is Bob.\nWhat is my name?\n/quit\n",
                           env=env | {"GREENROOM_API_URL": url, "GREENROOM_TOKEN": TOKEN},
                           capture_output=True, text=True, timeout=60)
     assert talk.returncode == 0, talk.stderr
     assert "Your name is Bob" in talk.stdout  # one session: the same container remembers
-
-    def assigned() -> int:
-        return json.loads(greenroom("pool", "status", "--json", env=env).stdout)[0]["assigned"]
-
-    # the conversation closed its session at /quit; the one-shot's session remains
-    wait_until(lambda: assigned() == 1, 30, interval=0.5, message="one assigned container")
+    # the one-shot closed its session after the reply, the conversation at /quit
+    wait_until(lambda: _pool(env, "chatbot")["assigned"] == 0, 30, interval=0.5, message="no assigned container")
 
 
 def test_pool_scale_and_patch_ask_for_the_reconcile_that_starts_or_retires_containers(api_stack):
@@ -237,9 +302,9 @@ def test_pool_scale_and_patch_ask_for_the_reconcile_that_starts_or_retires_conta
             status = admin.get("/v1/pools/chatbot").json()
             return status if all(status[k] == v for k, v in expected.items()) else None
 
-        # the fill each of the two workers asks for as it starts: both done, none pending
+        # the fill each of the two workers asks for as it starts (a pass per pool, 4 pools): all done
         wait_until(lambda: pool(idle=1, warming=0) and _tasks_done(api_stack["logs"]["worker"], {
-            "greenroom.pool.reconcile_all": 2, "greenroom.pool.reconcile": 2}), 30, interval=0.2,
+            "greenroom.pool.reconcile_all": 2, "greenroom.pool.reconcile": 2 * 4}), 30, interval=0.2,
                    message="the first fill")
         up = greenroom("pool", "scale", "chatbot", "--target-idle", "3", env=env)
         assert up.returncode == 0 and "chatbot: target_idle=3 max_total=4" in up.stdout, up.stderr
@@ -302,6 +367,10 @@ def test_the_compose_pool_spec_is_valid(cli_env):
     assert (row["name"], row["runtime"]) == ("chatbot", "docker")
 
 
+def _pool(env: dict, name: str) -> dict:
+    return next(row for row in json.loads(greenroom("pool", "status", "--json", env=env).stdout) if row["name"] == name)
+
+
 def _tasks_done(log: Path, expected: dict[str, int]) -> bool:
     """The worker has received exactly this many messages of each task, and finished them."""
     text = log.read_text(errors="replace")
@@ -327,3 +396,192 @@ def _answers(port: int) -> bool:
         return "NOAUTH" in str(exc)
     except redis.ConnectionError:
         return False
+
+
+# ------------------------------------------------------------ greenroom chat: the first hour (issue 17)
+
+class Terminal:
+    """A process's stderr on a pseudo-terminal (so its spinner runs), read as it comes."""
+
+    def __init__(self, argv: list[str], env: dict, **popen):
+        master, slave = pty.openpty()
+        self.process = subprocess.Popen(argv, env=env, stderr=slave, start_new_session=True, **popen)
+        os.close(slave)
+        self.master, self.seen = master, b""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # the process closed its end
+                return
+            if not chunk:
+                return
+            self.seen += chunk
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        wait_until(lambda: text.encode() in self.seen, timeout, interval=0.05, message=f"{text!r} on the terminal")
+
+    def text(self) -> str:
+        return self.seen.decode(errors="replace")
+
+    def finish(self, timeout: float = 60) -> str:
+        """The process's stdout (if piped) once it ended."""
+        out, _ = self.process.communicate(timeout=timeout)
+        self._reader.join(5)
+        os.close(self.master)
+        return (out or b"").decode()
+
+
+def _chat(api_stack, *args) -> list[str]:
+    return [GREENROOM, "chat", "--api-url", api_stack["url"], "--token", TOKEN, *args]
+
+
+def test_chat_shows_its_place_in_line_as_it_waits(api_stack):
+    """Two new sessions on a pool with nothing idle: each spinner shows its job waiting for a
+    container, and its place in line, while it waits (not only once the job ended)."""
+    first = Terminal(_chat(api_stack, "--model", "slowboot", "Hello! My name is Ada."), api_stack["env"],
+                     stdout=subprocess.PIPE)
+    first.wait_for("waiting for a container, 1st in line")
+    second = Terminal(_chat(api_stack, "--model", "slowboot", "Hello! My name is Bob."), api_stack["env"],
+                      stdout=subprocess.PIPE)
+    second.wait_for("waiting for a container, 2nd in line")
+    assert first.process.poll() is None  # still waiting: seen as it happened
+    assert "Ada" in first.finish() and "Bob" in second.finish()
+    assert first.process.returncode == second.process.returncode == 0, first.text() + second.text()
+
+
+def test_chat_prints_the_reply_as_it_arrives(api_stack):
+    """A streaming model (a word every 0.3 s): the first words are on stdout while the
+    rest of the reply is still on its way."""
+    chat = subprocess.Popen(_chat(api_stack, "--model", "streamer", "Hello! My name is Ada."), env=api_stack["env"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = os.read(chat.stdout.fileno(), 65536).decode()  # blocks until the first words
+        still_running = chat.poll() is None
+        rest, err = chat.communicate(timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+    assert chat.returncode == 0, err
+    whole = first + rest.decode()
+    assert still_running and first.strip() and len(first) < len(whole) - 2, (first, whole)
+    assert "Ada" in whole and whole.endswith("\n")
+
+
+def test_a_one_shot_chat_closes_its_session_unless_kept(api_stack):
+    env = api_stack["env"]
+    kept = greenroom("chat", "--api-url", api_stack["url"], "--token", TOKEN, "--keep", "Hello! My name is Ada.",
+                     env=env)
+    assert kept.returncode == 0, kept.stderr
+    session = re.search(r"continue with --session (\S+)\)", kept.stderr).group(1)
+    assert _pool(env, "chatbot")["assigned"] == 1
+    again = greenroom("chat", "--api-url", api_stack["url"], "--token", TOKEN, "--session", session,
+                      "What is my name?", env=env)
+    assert again.returncode == 0 and "Your name is Ada" in again.stdout, again.stderr
+    assert "no open session" not in again.stderr  # it existed: no warning
+    assert _pool(env, "chatbot")["assigned"] == 1  # a session named with --session stays open
+
+    closed = greenroom("chat", "--api-url", api_stack["url"], "--token", TOKEN, "Hello again!", env=env)
+    assert closed.returncode == 0 and "--session" not in closed.stderr, closed.stderr
+    assert _pool(env, "chatbot")["assigned"] == 1  # only the kept one
+
+
+def test_a_mistyped_session_warns_that_a_new_one_started(api_stack):
+    done = greenroom("chat", "--api-url", api_stack["url"], "--token", TOKEN, "--session", "nosuch-42",
+                     "What is my name?", env=api_stack["env"])
+    assert done.returncode == 0, done.stderr
+    assert "no open session 'nosuch-42': this message starts a new session of that name" in done.stderr
+
+
+def test_ctrl_c_cancels_the_job_and_says_so(api_stack):
+    """One message: Ctrl-C while it waits cancels the job on the server and says so (exit
+    130). In a conversation: the same, and the conversation goes on."""
+    one = Terminal(_chat(api_stack, "--model", "neverboots", "Hello!"), api_stack["env"], stdout=subprocess.PIPE)
+    one.wait_for("in line")
+    one.process.send_signal(signal.SIGINT)
+    one.finish()
+    assert one.process.returncode == 130, one.text()
+    job_id = re.search(r"greenroom: job (\S+) cancelled", one.text()).group(1)
+    with httpx.Client(base_url=api_stack["url"], headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+    talk = Terminal(_chat(api_stack, "--model", "neverboots"), api_stack["env"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE)
+    talk.process.stdin.write(b"Hello!\n")
+    talk.process.stdin.flush()
+    talk.wait_for("in line")
+    talk.process.send_signal(signal.SIGINT)
+    talk.wait_for(" cancelled)")
+    talk.process.stdin.write(b"/quit\n")
+    talk.process.stdin.flush()
+    talk.finish()
+    assert talk.process.returncode == 0, talk.text()
+    assert re.search(r"\(job \S+ cancelled\)", talk.text()), talk.text()
+
+
+def test_no_token_says_where_it_looked(cli_env, tmp_path):
+    done = greenroom("chat", "hi", env=cli_env, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"looked for GREENROOM_TOKEN in {tmp_path / '.greenroom' / 'secrets.env'}" in done.stderr, done.stderr
+
+
+def test_pool_commands_use_the_redis_password_up_saved_here(cli_env, redis_url, tmp_path):
+    """Run from the folder `greenroom up` ran in, `greenroom pool status` finds Redis's
+    password where `up` saved it; elsewhere it says what is missing."""
+    bare = re.sub(r"//:[^@]*@", "//", redis_url)
+    env = cli_env | {"GREENROOM_REDIS_URL": bare}
+    refused = greenroom("pool", "status", env=env, cwd=tmp_path)
+    assert refused.returncode != 0 and "asks for a password" in refused.stderr, refused.stderr
+    (tmp_path / ".greenroom").mkdir()
+    password = re.search(r"//:([^@]*)@", redis_url).group(1)
+    (tmp_path / ".greenroom" / "secrets.env").write_text(f"GREENROOM_REDIS_PASSWORD={password}\n")
+    found = greenroom("pool", "status", env=env, cwd=tmp_path)
+    assert found.returncode == 0 and "chatbot" in found.stdout, found.stderr
+
+
+def test_clean_removes_this_deployments_model_servers_only(cli_env, deployment, docker_engine):
+    """`greenroom clean` (`make clean`): the containers labelled with this deployment go,
+    another deployment's on the same host stay."""
+    from conftest import IMAGE, RUN_ID
+
+    def container(owner: str):
+        labels = {"greenroom.managed": "true", "greenroom.owner": owner, "greenroom.pool": "chatbot"}
+        return docker_engine.containers.create(IMAGE, ["sleep", "300"], labels=labels, network_mode="none")
+
+    mine, other = container(deployment), container(f"{RUN_ID}-other")
+    try:
+        done = greenroom("clean", env=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert f"removed 1 model server(s) of deployment '{deployment}'" in done.stdout, done.stdout
+        ids = {row["Id"] for row in docker_engine.api.containers(all=True, filters={"label": "greenroom.managed=true"})}
+        assert mine.id not in ids and other.id in ids
+    finally:
+        for c in (mine, other):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # removed by clean
+
+
+def test_clean_removes_this_deployments_process_servers_only(cli_env, deployment, tmp_path):
+    """The same for process servers (the runtime `up` falls back to without Docker)."""
+    from conftest import RUN_ID
+    from pool_manager.runtimes.process import ProcessRuntime
+    from pool_manager.settings import reference_pool
+
+    spec = reference_pool(runtime="process", command=["sleep", "300"])
+    mine, other = (ProcessRuntime(owner, tmp_path / "state") for owner in (deployment, f"{RUN_ID}-other"))
+    for runtime in (mine, other):
+        runtime.create("gr-chatbot-1", "chatbot", spec, free_port(), "key")
+    try:
+        done = greenroom("clean", env=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert f"removed 1 model server(s) of deployment '{deployment}'" in done.stdout, done.stdout
+        assert mine.list_managed() == [] and [i.id for i in other.list_managed()] == ["gr-chatbot-1"]
+    finally:
+        for runtime in (mine, other):
+            for instance in runtime.list_managed():
+                runtime.destroy(instance.id)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bench.stack import RedisServer
+from conftest import wait_until
 from faultkit import poll_until_final, read_job, submit, wait_status
 from pool_manager.keys import Keys
 from stack import Stack, chat, wait_for_pool
@@ -140,3 +141,22 @@ def test_waiting_jobs_cost_redis_no_calls_while_they_wait(stack, held):
     assert (loaded - quiet) / len(waiting) < 1, (quiet, loaded)
     for job_id in waiting:
         client.delete(f"/v1/jobs/{job_id}")
+
+
+def test_a_job_cancelled_after_its_hand_off_frees_the_container_it_was_handed(stack, held):
+    """The hand-off opened the job's session on a container and sent the job again, but no
+    chat worker is there to take it; the job is cancelled meanwhile. The worker, back,
+    finds it cancelled and closes the session it never used: no container stays held."""
+    client, session = held
+    job_id = park(client, 1)[0]
+    stack.kill("chat")
+    try:
+        client.delete(f"/v1/sessions/{session}")
+        wait_until(lambda: job_record(stack, job_id).get("handed_at"), 30, message="the hand-off")
+        assert client.get(f"/v1/sessions/{job_id}").json()["state"] == "active"  # opened for it, not yet used
+        assert client.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    finally:
+        stack.start_one("chat")
+    wait_until(lambda: client.get(f"/v1/sessions/{job_id}").json()["state"] == "closed", 30,
+               message="the unused session closed")
+    wait_for_pool(client, idle=1, assigned=0)

@@ -7,12 +7,13 @@ from functools import lru_cache
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready
 
-from pool_manager.errors import GreenroomError
+from pool_manager.errors import GreenroomError, RuntimeFailure
 from pool_manager.manager import PoolManager
 from pool_manager.relay import ChatRelay
 from pool_manager.schemas import tenant_session
 from pool_manager.settings import SEND_TASK_TENANT, get_settings
 
+from . import oplog
 from .app import app
 from .names import (CHAT_QUEUE, CHAT_TASK, CLOSE_SESSION_TASK, ENGINE_PASS_TASK, PING_TASK, POOL_QUEUE,
                     RECONCILE_ALL_TASK, RECONCILE_TASK, REQUEUE_TASK, engine_queue)
@@ -57,12 +58,13 @@ def request_engine_pass(pool: str, engine: str) -> None:
 
 
 @app.task(name=CHAT_TASK, bind=True, time_limit=settings.chat_time_limit_s,
-          soft_time_limit=settings.chat_time_limit_s - 10)
+          soft_time_limit=settings.chat_time_limit_s - 10, throws=(ChatFailed,))  # logged by oplog, no traceback
 def chat(self, model: str, messages: list, session_id: str | None = None, options: dict | None = None,
          stream: bool = False) -> dict:
     """Serve one chat message; the job id is the task id. With stream, the reply's chunks
     go to the job's log as they come (GET /v1/jobs/<id>/events); the result is whole."""
     record = relay().serve(self.request.id, model, messages, session_id, options, stream)
+    oplog.job_ended(record)
     if record is None:  # a duplicate, or parked to be sent again: acknowledged, nothing stored
         raise Ignore()
     if record["status"] == "failed":
@@ -78,8 +80,7 @@ def ping() -> str:
 
 @app.task(name=RECONCILE_TASK)
 def reconcile(pool: str) -> dict | None:
-    report = relay().manager.reconcile(pool)
-    return dataclasses.asdict(report) if report else None
+    return oplog.reconcile(relay().manager, pool)
 
 
 @app.task(name=ENGINE_PASS_TASK)
@@ -88,7 +89,10 @@ def engine_pass(pool: str, engine: str, asked_at: float = 0.0) -> dict | None:
     manager = relay().manager
     if engine != manager.engine:
         return None
-    report = manager.engine_pass(pool, asked_at)
+    try:
+        report = manager.engine_pass(pool, asked_at)
+    except RuntimeFailure:  # recorded as the engine's error (pool status, metrics): no traceback a pass
+        return None
     return dataclasses.asdict(report) if report else None
 
 

@@ -25,8 +25,8 @@ from ..stats import summary
 from ..stack import wait_until
 
 PARAMS = {
-    "quick": {"boot_seconds": 1, "waiting": [0, 10, 100], "window_s": 3, "follow_ups": 10,
-              "handoff_jobs": 8, "handoff_rounds": 1},
+    "quick": {"boot_seconds": 1, "waiting": [0, 20], "window_s": 2, "follow_ups": 5,
+              "handoff_jobs": 4, "handoff_rounds": 1},
     "full": {"boot_seconds": 2, "waiting": [0, 10, 100, 500], "window_s": 10, "follow_ups": 40,
              "handoff_jobs": 10, "handoff_rounds": 5},
 }
