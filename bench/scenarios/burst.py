@@ -79,7 +79,8 @@ def session_row(reply: dict) -> dict:
 
 def replacement_rows(containers: dict[str, dict], origin: float) -> list[dict]:
     """Containers created after the burst began: their create call and idle times."""
-    rows = [{"create_s": c["created_at"] - origin, "idle_s": c["idle_at"] - origin if "idle_at" in c else None}
+    rows = [{"create_s": c["created_at"] - origin, "idle_s": c["idle_at"] - origin if "idle_at" in c else None,
+             "engine": c.get("engine", "local")}
             for c in containers.values() if c.get("created_at", 0) > origin]
     return sorted(rows, key=lambda r: r["create_s"])
 

@@ -47,11 +47,9 @@ def run_rounds(ctx: Context, p: dict, daemon: SecondDockerd) -> list[dict]:
         ready(stack, spec)
         records = Records(stack)
         for _ in range(p["rounds"]):
-            origin_ids = set(records.all())
             with stack.client() as client:
                 one = burst.one_burst(stack, records, p["sessions"]) | {"idle_after": burst.settle(client, p)}
-            fresh = {cid: row for cid, row in records.all().items() if cid not in origin_ids}
-            one["by_engine"] = {e: sum(1 for row in fresh.values() if row.get("engine") == e) for e in engines}
+            one["by_engine"] = {e: sum(1 for row in one["replacements"] if row["engine"] == e) for e in engines}
             rounds.append(one)
         records.close()
     finally:
@@ -74,7 +72,7 @@ def markdown(result: dict) -> str:
         f"{p['rounds']} round(s) of {p['sessions']} sessions at once; target_idle {p['target_idle']}, "
         f"max_total {p['max_total']}, BOOT_SECONDS={p['boot_seconds']}. Times in seconds. "
         f"Served warm: {result['served_warm']} of {result['sessions']} (failed: {result['failed']}); "
-        f"replacements per round: {result['replacements_per_round']}, by engine: "
+        f"replacements per round: {result['replacements_per_round']}, placed by engine: "
         f"{result['replacements_by_engine']}; idle once at rest again: {result['idle_after']}. "
         "Compare with the one-engine burst above (same parameters).",
         table(SUMMARY_HEADERS, rows)])
