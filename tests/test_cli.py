@@ -112,11 +112,12 @@ def test_up_starts_redis_keeps_secrets_private_and_reuses_them(cli_env, tmp_path
     where secrets are but not the Flower password; and stops Redis."""
     port = free_port()
     procfile = tmp_path / "Procfile"
+    # The worker's exit ends the stack (honcho stops the rest): the others wait for it.
     show_env = ("import os, json; "
                 "print('{name}=' + json.dumps({{k: v for k, v in os.environ.items() if 'GREENROOM' in k}}))")
     procfile.write_text(
-        f"api: python3 -c \"{show_env.format(name='API')}; import time; time.sleep(5)\"\n"
-        f"flower: python3 -c \"{show_env.format(name='FLOWER')}; import time; time.sleep(5)\"\n"
+        f"api: python3 -c \"{show_env.format(name='API')}; import time; time.sleep(60)\"\n"
+        f"flower: python3 -c \"{show_env.format(name='FLOWER')}; import time; time.sleep(60)\"\n"
         "worker: greenroom pool status --json && "
         f"python3 -c \"import time; time.sleep(1); {show_env.format(name='WORKER')}\"\n")
     env = cli_env | {"GREENROOM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}

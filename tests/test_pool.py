@@ -268,7 +268,7 @@ def test_a_crashing_image_backs_off_and_marks_the_pool_degraded(make_manager, do
         time.sleep(0.2)
     status = pool_status(manager)
     assert status.degraded and status.failed >= 4
-    assert passes >= 20 and started <= 14  # without backoff: 2 a pass
+    assert passes >= 10 and started <= 14  # without backoff: 2 a pass (fewer passes on a loaded machine)
     manager.reconcile(POOL)
     assert len([c for c in labelled(docker_engine, manager)]) <= 2  # crashed ones are removed
 
