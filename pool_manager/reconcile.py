@@ -169,17 +169,17 @@ class ReconcilePass:
             self.rebalance()
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
-        here = wanted
+        on_this_engine = wanted
         if self.engines:  # fewest first; what goes elsewhere is placed for its engine's worker
             spread = self.engines.spread(self.pool, wanted, self.runtime.engine if self.lists_here else None)
-            here = spread.pop(self.runtime.engine, 0)
+            on_this_engine = spread.pop(self.runtime.engine, 0)
             for engine, count in spread.items():
                 self.engines.reserve(self.pool, engine, count)
             self.report.started = sum(spread.values())
-        if here:
-            with ThreadPoolExecutor(min(here, MAX_PARALLEL)) as pool:
+        if on_this_engine:
+            with ThreadPoolExecutor(min(on_this_engine, MAX_PARALLEL)) as pool:
                 started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
-                                        range(here)))
+                                        range(on_this_engine)))
             self.report.started_ids = [c.id for c in started if c]
             self.report.started += len(self.report.started_ids)
 
