@@ -18,11 +18,11 @@ import redis
 from bench.second_dockerd import SecondDockerd
 from conftest import RUN_ID, require, wait_until
 from faultkit import Stopwatch, report
-from pool_manager.engines import place
+from pool_manager.engines import Engines, place
 from pool_manager.errors import ConfigError
 from pool_manager.keys import Keys
 from pool_manager.settings import load_settings
-from pool_manager.state import PoolState
+from pool_manager.state import Container, PoolState
 from stack import Stack, chat
 
 pytestmark = pytest.mark.timeout(300)
@@ -236,3 +236,26 @@ def _submit(stack: Stack, jobs: dict, key: str, session: str | None, text: str) 
             job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10}).json()
     if job["status"] in ("succeeded", "failed", "cancelled"):
         jobs[key] = job
+
+
+def test_lost_containers_count_against_max_total_until_their_engine_says_they_are_gone(redis_url, deployment):
+    """Redis alone (no engine): engine b silent past the grace period while a answers."""
+    settings = load_settings(deployment=deployment, redis_url=redis_url, engine="a", engine_grace_s=5,
+                             engines={"a": {}, "b": {}})
+    state = PoolState(redis.Redis.from_url(redis_url, decode_responses=True), deployment)
+    engines = Engines(state.redis, state.keys, settings, state, request=lambda pool, engine: None)
+    for n, engine in enumerate("aabb"):
+        state.add(Container(f"gr-{deployment}-{n}", POOL, "idle", 30000 + n, "http://127.0.0.1", time.time(), "k",
+                            engine=engine))
+    state.redis.hset(state.keys.engine("b"), "seen_at", time.time() - 60)
+    engines.seen("a", POOL)
+    engines.reserve(POOL, "b", 2)  # placed on b before it went silent
+    assert engines.occupied(POOL, listed_here=2) == 6
+    lost = engines.declare_lost(POOL)
+    assert sorted(c.engine for c in lost) == ["b", "b"]
+    assert {c.engine for c in state.containers(POOL).values()} == {"a"}
+    assert engines.placed(POOL) == {"a": 0, "b": 0}  # b's placements lapsed
+    assert engines.occupied(POOL, listed_here=2) == 4  # b's two still count: they may still run
+    engines.clear_removed(POOL, "b", live={}, release=lambda port: None)  # b back, listing neither
+    assert engines.occupied(POOL, listed_here=2) == 2
+    assert state.redis.zcard(state.keys.pool(POOL, "retiring")) == 0
