@@ -27,16 +27,17 @@ class Lifecycle:
         self.backoff_s = backoff_s  # (first, longest) pause after consecutive boot failures
         self.on_idle = on_idle  # on_idle(pool): a container of the pool just became idle
 
-    def start(self, pool: str, spec: PoolSpec, runtime: Runtime) -> Container | None:
-        """Create one container, recorded as warming before the runtime is asked, so
-        that concurrent counts include it; its boot is then watched in the background."""
+    def start(self, pool: str, spec: PoolSpec, runtime: Runtime, spec_hash: str = "") -> Container | None:
+        """Create one container of the spec (spec_hash: specs.spec_hash of it, labelled on
+        the container), recorded as warming before the runtime is asked, so that
+        concurrent counts include it; its boot is then watched in the background."""
         container_id = f"gr-{pool}-{secrets.token_hex(6)}"
         port = self.ports.allocate(container_id)
         container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
-                              time.time(), key=secrets.token_urlsafe(32))
+                              time.time(), key=secrets.token_urlsafe(32), spec_hash=spec_hash)
         self.state.add(container)
         try:
-            runtime.create(container_id, pool, spec, port, container.key)
+            runtime.create(container_id, pool, spec, port, container.key, spec_hash=spec_hash)
         except RuntimeFailure as exc:
             log.warning("pool %s: creating %s failed: %s", pool, container_id, exc)
             self.fail(container, runtime)

@@ -19,6 +19,7 @@ from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
 from .settings import Settings
+from .sizing import Sizer
 from .specs import PoolSpecs
 from .state import Claim, PoolState, Refusal, connect_redis
 
@@ -42,6 +43,7 @@ class PoolManager:
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
                                    settings.boot_backoff_s, on_idle=self.hand_off)
+        self.sizer = Sizer(self.redis, self.state.keys, self.metrics)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -105,7 +107,8 @@ class PoolManager:
         if container is None:
             return True
         spec = self.specs.configured(container.pool)
-        if spec.recycle and is_healthy(container.endpoint, spec.health_path):
+        current = container.spec_hash == self.specs.spec_hash(container.pool)  # else a rollout replaces it
+        if spec.recycle and current and is_healthy(container.endpoint, spec.health_path):
             if self.state.move(container, "assigned", "idle"):
                 self.state.detach_session(container.id)
                 self.hand_off(container.pool)
@@ -147,13 +150,16 @@ class PoolManager:
 
     def _pass(self, pool: str) -> ReconcileReport:
         """One pass; a runtime that fails it is recorded for status readers until one succeeds."""
+        spec_hash = self.specs.spec_hash(pool)
         try:
             report = ReconcilePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
-                                   self.lifecycle, self.close_session, self.line).run()
+                                   self.lifecycle, self.close_session, self.line, self.sizer, spec_hash).run()
         except RuntimeFailure as exc:
-            self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
+            self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()),
+                                spec_hash=spec_hash)
             raise
-        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()))  # the maintenance heartbeat
+        # the maintenance heartbeat, and what new containers are made from (for readers)
+        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()), spec_hash=spec_hash)
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         self.hand_off(pool)  # the safety net: containers adopted, or turned idle while no one handed off
         return report

@@ -10,6 +10,7 @@ MANAGED = "greenroom.managed"
 POOL = "greenroom.pool"
 OWNER = "greenroom.owner"
 PORT = "greenroom.port"
+SPEC_HASH = "greenroom.spec-hash"  # what it was made from (specs.spec_hash): a rollout's old and new
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Instance:
     port: int
     created_at: float  # unix time
     running: bool
+    spec_hash: str = ""  # its greenroom.spec-hash label ("" when it has none)
 
 
 class Runtime(ABC):
@@ -29,13 +31,15 @@ class Runtime(ABC):
     def __init__(self, owner: str):
         self.owner = owner
 
-    def labels(self, pool: str, port: int) -> dict[str, str]:
-        return {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
+    def labels(self, pool: str, port: int, spec_hash: str = "") -> dict[str, str]:
+        labels = {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
+        return labels | ({SPEC_HASH: spec_hash} if spec_hash else {})
 
     @abstractmethod
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
-        """Start a server that requires `key` as its bearer token; return once it exists
-        (not once it is healthy)."""
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+               spec_hash: str = "") -> Instance:
+        """Start a server that requires `key` as its bearer token, labelled with spec_hash
+        (listed and inspected with it); return once it exists (not once it is healthy)."""
 
     @abstractmethod
     def inspect(self, instance_id: str) -> Instance | None:
