@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from .errors import RuntimeFailure, SessionClosed, SessionModelMismatch
 from .handoff import HandOff
@@ -42,7 +42,7 @@ class PoolManager:
                                           settings.line_max_age_s, settings.job_lease_s, resume)
         self.metrics = Metrics(self.redis, settings.deployment)
         self.lifecycle = Lifecycle(self.state, PortAllocator(self.redis, settings.port_range), self.metrics,
-                                   settings.boot_backoff_s, on_idle=self.hand_off)
+                                   settings.boot_backoff_s, on_idle=self._became_idle)
         self.sizer = Sizer(self.redis, self.state.keys, self.metrics)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
@@ -130,6 +130,16 @@ class PoolManager:
         return self.handoff.run(pool, self.specs.configured(pool).session_idle_ttl_s)
 
     # reconcile
+    def _became_idle(self, pool: str) -> None:
+        """A container of the pool turned idle: hand it to a parked job; and during a
+        rollout an old idle one may go now, not at the next tick (a pass decides)."""
+        self.hand_off(pool)
+        if int(self.state.info(pool).get("old") or 0):
+            try:
+                self.reconcile(pool)
+            except (RuntimeFailure, RedisError) as exc:  # the periodic reconcile takes over
+                log.warning("pool %s: reconcile after a container turned idle failed: %s", pool, exc)
+
     def reconcile(self, pool: str) -> ReconcileReport | None:
         """Run a pass under the pool's lock. If a pass is already running, flag it to run
         once more instead of waiting, so a request is never lost behind the lock."""
@@ -159,7 +169,8 @@ class PoolManager:
                                 spec_hash=spec_hash)
             raise
         # the maintenance heartbeat, and what new containers are made from (for readers)
-        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()), spec_hash=spec_hash)
+        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()), spec_hash=spec_hash,
+                            old=report.old)
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         self.hand_off(pool)  # the safety net: containers adopted, or turned idle while no one handed off
         return report

@@ -73,7 +73,7 @@ def idle_for(rate: float, boot_s: float, warm_goal: float, ceiling: int = 10_000
     mean = rate * boot_s
     if mean <= 0:
         return 0
-    k = max(1, int(mean))  # the answer is at least about the mean: start near it
+    k = min(max(1, int(mean)), ceiling)  # the answer is about the mean or more: start near it
     while k > 1 and poisson_cdf(k - 2, mean) >= warm_goal:
         k -= 1
     while k < ceiling and poisson_cdf(k - 1, mean) < warm_goal:
