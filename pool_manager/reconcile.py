@@ -186,7 +186,7 @@ class ReconcilePass:
                               if made_from != self.spec_hash)
         wanted = max(0, min(deficit, room))
         if self.report.old and self.state.degraded(self.pool):
-            wanted = min(wanted, 1)  # a rollout whose new spec fails: one canary at a time
+            wanted = min(wanted, max(0, 1 - by["warming", True]))  # a failing new spec: one canary at a time
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
         with ThreadPoolExecutor(min(wanted, MAX_PARALLEL)) as pool:
