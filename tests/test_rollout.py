@@ -108,15 +108,18 @@ def test_pool_rollout_replaces_containers_of_the_same_spec_and_labels_them(make_
     manager = make_manager(target_idle=2, env={"BOOT_SECONDS": "1"})
     fill(manager, 2)
     was = manager.specs.spec_hash(POOL)
-    label = "greenroom.spec-hash"
     owner = f"greenroom.owner={manager.settings.deployment}"
-    assert {c.labels[label] for c in docker_engine.containers.list(filters={"label": owner})} == {was}
+
+    def labels() -> set[str]:  # one list call (no inspect of each: one may go meanwhile)
+        return {row["Labels"]["greenroom.spec-hash"] for row in docker_engine.api.containers(filters={"label": owner})}
+
+    assert labels() == {was}
     now = manager.specs.rollout(POOL)
     assert now != was
     with IdleWatch(manager) as watch:
         roll(manager)
     assert watch.lowest >= 2
-    wait_until(lambda: {c.labels[label] for c in docker_engine.containers.list(filters={"label": owner})} == {now},
+    wait_until(lambda: labels() == {now},
                30, message="only new containers left in Docker")
     assert status(manager).rollout == "none" and status(manager).spec_hash == now
 
