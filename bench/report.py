@@ -11,6 +11,7 @@ TITLES = {
     "burst": "4. Burst: 20 new sessions at once",
     "refill": "5. Refill reaction",
     "scale": "6. Scale",
+    "sizing": "Sizing: fixed targets vs auto, and a rollout under load",
 }
 MET = {True: "yes", False: "**no**", None: "n/a"}
 

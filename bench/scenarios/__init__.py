@@ -4,7 +4,7 @@ run(ctx) -> a JSON-able dict (with "params" and "plots"), and markdown(result) -
 import importlib
 
 NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "refill", "scale", "tenants", "connections", "streaming",
-         "waiting")
+         "waiting", "sizing")
 
 
 def load(name: str):
