@@ -168,10 +168,11 @@ class Target(BaseModel):
     source: Literal["configured", "override", "computed"] = Field(
         description="override: set at run time (pool scale, PATCH); computed: target_idle is auto")
     why: str
-    overrides: dict[str, Annotated[int, Field(ge=0)] | Literal["auto"]] | None = absent(
-        "settings set at run time, winning over the configuration until dropped (pool scale --reset)")
-    override_set_at: float | None = absent("when the overrides were last set (Unix time)")
-    auto: AutoSizing | None = absent("what an auto target was computed from")
+    overrides: dict[str, Annotated[int, Field(ge=0)] | Literal["auto"]] | None = Field(None, description=(
+        "settings set at run time, winning over the configuration until dropped (pool scale --reset); null: none"))
+    override_set_at: float | None = Field(None, description="when the overrides were last set (Unix time)")
+    auto: AutoSizing | None = Field(None, description="what an auto target was computed from; null: not auto, "
+                                    "or no pass since")
 
 
 class OldContainers(BaseModel):
