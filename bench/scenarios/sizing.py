@@ -24,8 +24,7 @@ import random
 import threading
 import time
 
-from ..client import (ChatFailed, Records, RecordLog, chat_in_session, close_session, new_session, pool_status,
-                      scale)
+from ..client import ChatFailed, Records, RecordLog, close_session, job_in_session, new_session, pool_status, scale
 from ..context import Context, pool_spec, ready
 from ..markdown import num, pct, s, table
 from ..plots import figure, save
@@ -100,15 +99,15 @@ def phase(ctx, stack, records, p: dict, target, arrivals: tuple[list[float], flo
         idle_before = pool_status(client)["idle_container_seconds"]
     label = f"{'step' if step_at else f'{rate:.2f}/s'}, target_idle {target}"
     bar = ctx.progress(len(times), f"sizing: {label}")
-    origin = time.time()
-    with PoolSampler(stack, origin) as sampler:
+    origin, log = time.time(), RecordLog(records)
+    with PoolSampler(stack, origin, log) as sampler:
         sessions = run_sessions(stack, times, origin, bar)
         time.sleep(1)
     bar.close()
     with stack.client() as client:
         idle_s = pool_status(client)["idle_container_seconds"] - idle_before
     duration = time.time() - origin
-    result = summarize(sessions) | {
+    result = summarize(sessions) | {"boot_under_load": summary(boots(log.rows(), origin)),
         "target": target, "rate_per_s": rate, "idle_container_seconds": idle_s, "duration_s": duration,
         "mean_idle": idle_s / duration, "samples": sampler.samples,
         "mean_target": _mean([x["target_idle"] for x in sampler.samples]),
@@ -150,6 +149,11 @@ def after_step(sessions: list[dict], step_at: float, settle_s: float) -> dict:
             "sessions_after_recovery": sum(1 for x in served if x["t"] >= step_at + settle_s)}
 
 
+def boots(containers: list[dict], origin: float) -> list[float]:
+    """Create to idle of the containers created since origin (boots under the phase's load)."""
+    return [c["idle_at"] - c["created_at"] for c in containers if "idle_at" in c and c.get("created_at", 0) >= origin]
+
+
 def _share(sessions: list[dict]) -> float:
     return sum(1 for x in sessions if x["warm"]) / len(sessions) if sessions else float("nan")
 
@@ -162,8 +166,8 @@ class PoolSampler:
     """GET /v1/pools/chatbot every SAMPLE_S in a thread: t, idle, warming, assigned, the
     effective idle target, and containers of an older spec."""
 
-    def __init__(self, stack, origin: float):
-        self.stack, self.origin, self.samples = stack, origin, []
+    def __init__(self, stack, origin: float, log: RecordLog):
+        self.stack, self.origin, self.samples, self.log = stack, origin, [], log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sizing-sampler", daemon=True)
 
@@ -180,6 +184,7 @@ class PoolSampler:
             while not self._stop.wait(SAMPLE_S):
                 try:
                     st = pool_status(client)
+                    self.log.snap()
                 except Exception:  # noqa: BLE001  a missed sample, not a failed run
                     continue
                 old = st["old"]
@@ -205,14 +210,13 @@ def rollout(ctx, stack, records, p: dict, refill_s: float) -> dict:
         bar = ctx.progress(len(times), f"sizing: rollout of {size} at {rate:.2f}/s")
         origin = time.time()
         timer = threading.Timer(at, lambda: _ask_rollout(stack))
-        with PoolSampler(stack, origin) as sampler:
+        with PoolSampler(stack, origin, log) as sampler:
             timer.start()
             sessions = run_sessions(stack, times, origin, bar)
-            log.snap()
             replaced_idle = _replaced_at(sampler.samples, at)
         bar.close()
         timer.join()
-        held_ok = sum(1 for sid in held if _still_answers(client, sid))
+        held_after = [_still_answers(client, sid) for sid in held]
         for sid in held:
             close_session(client, sid)
         done = wait_until(lambda: (st := pool_status(client))["rollout"] == "none" and st, 120, 0.2,
@@ -222,7 +226,9 @@ def rollout(ctx, stack, records, p: dict, refill_s: float) -> dict:
     return {"pool_size": size, "rate_per_s": rate, "rollout_at_s": at, "sessions": len(served),
             "failed": len(during) - len(served) + sum(1 for x in sessions if "error" in x and x["t"] < at),
             "warm_fraction": _share(served), "waited": summary([x["waited_s"] for x in served]),
-            "held_sessions": len(held), "held_answered_after": held_ok,
+            "held_sessions": len(held), "held_answered_after": held_after.count("answered"),
+            "held_not_answered": [why for why in held_after if why != "answered"],
+            "boot_under_load": summary(boots(log.rows(), origin)),
             "old_idle_replaced_after_s": replaced_idle,
             "min_idle_during": min((x["idle"] for x in sampler.samples if x["t"] >= at), default=0),
             "spec_changed": done["spec_hash"] != spec_before, "per_session": sessions, "samples": sampler.samples}
@@ -247,11 +253,13 @@ def _replaced_at(samples: list[dict], at: float) -> float | None:
     return None
 
 
-def _still_answers(client, session_id: str) -> bool:
+def _still_answers(client, session_id: str) -> str:
+    """"answered", or why not (a session closed to make room at max_total says so)."""
     try:
-        return chat_in_session(client, session_id)["greenroom"]["session_id"] == session_id
-    except ChatFailed:
-        return False
+        job_in_session(client, session_id)
+        return "answered"
+    except ChatFailed as exc:
+        return str(exc)[:300]
 
 
 # ------------------------------------------------------------------ the report
@@ -327,16 +335,22 @@ def markdown(result: dict) -> str:
     rows = [[ph["load"] if ph["load"] == "step" else pct(ph["load"]), ph["target"],
              f"{num(ph['mean_target'], '.1f')} (max {ph['max_target']})", ph["sessions"], ph["failed"],
              pct(ph["warm_fraction"]), s(ph["waited"]["p99"]), num(ph["idle_container_seconds"], ".0f"),
-             num(ph["mean_idle"], ".1f"),
+             num(ph["mean_idle"], ".1f"), s(ph["boot_under_load"]["p50"]),
              (f"{pct(ph['warm_right_after_step'])} / {pct(ph['warm_after_recovery'])}" if "step_at_s" in ph else "")]
             for ph in result["phases"]]
     headers = ["load", "target_idle", "effective target, mean", "sessions", "failed", "warm", "wait p99 (s)",
-               "idle container-s", "mean idle", "warm within 2 T of the step / after"]
+               "idle container-s", "mean idle", "boot p50 under load (s)", "warm within 2 T of the step / after"]
     ro = result["rollout"]
     roll = (f"Rollout of a pool of {ro['pool_size']} (fixed) at {num(ro['rate_per_s'])} new sessions/s (50% of "
             f"its refill capacity), asked {num(ro['rollout_at_s'], '.0f')} s in: {ro['sessions']} new sessions from "
             f"then on, {pct(ro['warm_fraction'])} warm, wait p99 {s(ro['waited']['p99'])} s, {ro['failed']} failed; "
             f"lowest idle during it {ro['min_idle_during']}; every old idle container replaced after "
             f"{s(ro['old_idle_replaced_after_s'])} s; {ro['held_answered_after']} of {ro['held_sessions']} sessions "
-            "held open across it answered afterwards (their old containers kept).")
+            f"held open across it answered afterwards{_why_not(ro)}; boot p50 under load "
+            f"{s(ro['boot_under_load']['p50'])} s.")
     return "\n\n".join([head, table(headers, rows), roll])
+
+
+def _why_not(ro: dict) -> str:
+    reasons = ro.get("held_not_answered") or []
+    return f" (the others: {'; '.join(sorted(set(reasons)))})" if reasons else ""
