@@ -162,7 +162,8 @@ class Target(BaseModel):
 
     idle: int = Field(ge=0, description="idle containers kept waiting now (before the jobs waiting in line)")
     max_total: int = Field(ge=0)
-    setting: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(description="target_idle in effect: a number or auto")
+    setting: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        description="target_idle in effect: a number or auto")
     configured_idle: Annotated[int, Field(ge=0)] | Literal["auto"]
     configured_max_total: int = Field(ge=0)
     source: Literal["configured", "override", "computed"] = Field(

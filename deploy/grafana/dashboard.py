@@ -85,7 +85,8 @@ def pool_panels() -> list:
                (f"max by (pool) (rate(greenroom_idle_container_seconds_total{{{POOL}}}[{RATE}]))",
                 "{{pool}} idle containers (average)"),
                (f"max by (pool) (greenroom_target_idle{{{POOL}}})", "{{pool}} target idle"),
-               (f"max by (pool, served) (rate(greenroom_claims_total{{{POOL}}}[{RATE}]))", "{{pool}} claims/s {{served}}"),
+               (f"max by (pool, served) (rate(greenroom_claims_total{{{POOL}}}[{RATE}]))",
+                "{{pool}} claims/s {{served}}"),
                span=12),
         series("Sizing inputs", "What an auto target is computed from: new sessions per second and the boot "
                "time's p90 (sizing.py); and containers of an older spec a rollout has yet to replace", "short",
