@@ -144,8 +144,9 @@ def test_a_new_spec_that_never_boots_stops_the_rollout_and_the_old_ones_keep_ser
     assert most_started <= 1 and most_warming <= 1  # once degraded: one new container at a time
     claim = new.claim(POOL, "t/served")
     assert claim.new and made_from(new)[claim.container.id][1] == old.specs.spec_hash(POOL)
-    restored = old  # the configuration put back: the old containers are current again
-    assert restored.reconcile(POOL) is not None and status(restored).rollout == "none"
+    restored = old  # the configuration put back: the old containers are current again, the canary goes
+    wait_until(lambda: restored.reconcile(POOL) and status(restored).rollout == "none", 30, interval=0.2,
+               message="no container of the failing spec left")
 
 
 def test_at_max_total_one_old_idle_container_at_a_time_makes_way(make_manager):
