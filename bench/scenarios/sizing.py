@@ -259,7 +259,7 @@ def _still_answers(client, session_id: str) -> str:
         job_in_session(client, session_id)
         return "answered"
     except ChatFailed as exc:
-        return str(exc)[:300]
+        return " ".join(str(exc).split())[:200]
 
 
 # ------------------------------------------------------------------ the report
