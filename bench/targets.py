@@ -172,7 +172,7 @@ TARGETS = [
     ("waiting", "waiting_follow_up", "Follow-up latency with the most jobs waiting: within 10% of none waiting",
      waiting_follow_up),
     ("sizing", "sizing_auto_80",
-     "target_idle auto at 80% of refill capacity: at least 99% warm, with fewer idle container-seconds than the "
+     "An auto idle target at 80% of refill capacity: at least 99% warm, with fewer idle container-seconds than the "
      "smallest fixed target as warm", sizing_auto),
     ("sizing", "sizing_step_recovery",
      "auto, arrivals stepping from 20% to 80% of refill capacity: above 95% warm from two boot times after the step",
