@@ -47,11 +47,12 @@ class PoolCollector:
         yield from self._engines(statuses)
         yield self._gauge("greenroom_waiting_jobs", "Jobs waiting for a container",
                           {p: overview.waiting(p) for p in statuses})
-        yield self._gauge("greenroom_target_idle", "Idle containers the pool keeps",
-                          {p: s.target_idle for p, s in statuses.items()})
+        yield self._gauge("greenroom_target_idle", "Idle containers the pool keeps now: its target_idle, or what "
+                          "the sizing computed for an auto pool", {p: s.target_idle for p, s in statuses.items()})
         yield self._gauge("greenroom_pool_degraded", "1 while the pool's recent boots all failed (backing off)",
                           {p: int(s.degraded) for p, s in statuses.items()})
         yield from self._pool_gauges(statuses)
+        yield from self._sizing(statuses)
         yield from self._tenant_gauges(list(statuses))
         pools = list(statuses)
         yield from self._counters(pools)
@@ -81,6 +82,27 @@ class PoolCollector:
         for pool, line in lines.items():
             for tenant in sorted({tenant for _, tenant, _ in line} | self._tenants()):
                 family.add_metric([pool, tenant], sum(1 for _, t, _ in line if t == tenant))
+        yield family
+
+    def _sizing(self, statuses):
+        """The idle cost, the sizing's inputs, and the containers a rollout has yet to replace."""
+        overview = self.svc.pools
+        idle = CounterMetricFamily("greenroom_idle_container_seconds", "Time containers spent idle, summed: the "
+                                   "pool's idle cost (its rate: the average number idle)", labels=["pool"])
+        for pool, status in statuses.items():
+            idle.add_metric([pool], status.idle_container_seconds)
+        yield idle
+        inputs = {pool: overview.sizing_inputs(pool) for pool in statuses}
+        yield self._gauge("greenroom_sizing_arrival_rate_per_second", "New sessions per second, as the sizing "
+                          "estimates them (an auto pool: the rate its target was computed from)",
+                          {p: rate for p, (rate, _) in inputs.items()})
+        yield self._gauge("greenroom_sizing_boot_seconds", "The boot time the sizing takes: the 90th percentile "
+                          "of the pool's latest boots", {p: boot for p, (_, boot) in inputs.items()})
+        family = GaugeMetricFamily("greenroom_outdated_containers", "Containers of an older spec than new ones "
+                                   "are made from: a rollout's work left", labels=["pool", "state"])
+        for pool, status in statuses.items():
+            for state in POOL_STATES:
+                family.add_metric([pool, state], getattr(status.old, state))
         yield family
 
     def _tenant_gauges(self, pools):

@@ -201,9 +201,16 @@ def _paths(settings: Settings) -> dict:
         "/v1/pools/{name}": {
             "parameters": [_path_param("name", NAME, list(settings.pools))],
             "get": {"operationId": "getPool", "summary": "One pool", "responses": {"200": pool, **_errors(401, 404)}},
-            "patch": {"operationId": "scalePool", "summary": "Scale a pool (admin)",
+            "patch": {"operationId": "scalePool",
+                      "summary": "Scale a pool (admin); target_idle a number or auto; null drops a run-time setting",
                       "requestBody": {"required": True, "content": {JSON: {"schema": _ref("PoolChange")}}},
                       "responses": {"200": pool, **_errors(401, 403, 404, *BODY_ERRORS)}}},
+        "/v1/pools/{name}/rollout": {
+            "parameters": [_path_param("name", NAME, list(settings.pools))],
+            "post": {"operationId": "rolloutPool",
+                     "summary": "Replace the pool's containers with new ones, as a spec change would (admin)",
+                     "responses": {"202": _body(_ref("PoolStatus"), "Rollout asked for; the pool as it stands"),
+                                   **_errors(401, 403, 404)}}},
         "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness", "security": [], "responses": {
             "200": _body({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
                          "Alive"), **_errors()}}},

@@ -1,4 +1,6 @@
-"""/v1/pools: each pool's target and containers by state; admins scale at run time."""
+"""/v1/pools: each pool's target (and where it comes from) and containers by state;
+admins scale at run time (PATCH, null drops a setting) and roll a pool's containers over
+to new ones (POST .../rollout)."""
 
 from flask import Blueprint
 
@@ -31,13 +33,29 @@ def scale(name: str):
     pool_status(name)  # 404 first
     change = PoolChange.model_validate(json_object()).values()
     if not change:
-        raise ApiError(422, "invalid_request", "body: give target_idle and/or max_total", field="body")
+        raise ApiError(422, "invalid_request", "body: give target_idle, max_total, min_idle and/or max_idle",
+                       field="body")
     try:
         services().specs.scale(name, **change)
     except ConfigError as exc:
         raise ApiError(422, "invalid_request", str(exc), field=exc.field) from exc
-    services().celery.send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE, ignore_result=True)
+    _reconcile(name)
     return pool_status(name).model_dump()
+
+
+@bp.post("/<name>/rollout")
+def rollout(name: str):
+    """Replace the pool's containers with new ones (an image rebuilt under its tag, say):
+    idle ones as new ones become ready, assigned ones once their sessions end."""
+    require_admin()
+    pool_status(name)  # 404 first
+    services().specs.rollout(name)
+    _reconcile(name)
+    return pool_status(name).model_dump(), 202
+
+
+def _reconcile(name: str) -> None:
+    services().celery.send_task(RECONCILE_TASK, args=[name], queue=POOL_QUEUE, ignore_result=True)
 
 
 def pool_status(name: str) -> PoolStatus:

@@ -12,6 +12,7 @@ TITLES = {
     "burst_engines": "4b. Burst: 20 new sessions at once, one pool on two engines",
     "refill": "5. Refill reaction",
     "scale": "6. Scale",
+    "sizing": "Sizing: fixed targets vs auto, and a rollout under load",
 }
 MET = {True: "yes", False: "**no**", None: "n/a"}
 

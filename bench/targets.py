@@ -110,6 +110,34 @@ def waiting_follow_up(result: dict) -> tuple:
     return most, 1.1 * alone, measured, most <= 1.1 * alone
 
 
+def sizing_auto(result: dict) -> tuple:
+    c = result["auto_vs_fixed"]
+    warm, idle = c["auto_warm"], c["auto_idle_s"]
+    if c["fixed_as_warm"] is None:
+        rival, cheaper = "no fixed target measured was as warm", True
+    else:
+        rival = f"fixed {c['fixed_as_warm']}: {c['fixed_idle_s']:.0f} idle container-s"
+        cheaper = idle < c["fixed_idle_s"]
+    measured = f"{warm * 100:.1f}% warm, {idle:.0f} idle container-s ({rival})"
+    return warm, 0.99, measured, warm >= 0.99 and cheaper
+
+
+def sizing_step(result: dict) -> tuple:
+    ph = next(p for p in result["phases"] if p["target"] == "auto" and "step_at_s" in p)
+    warm = ph["warm_after_recovery"]
+    measured = (f"{warm * 100:.1f}% warm from {ph['recovery_allowance_s']:.1f} s after the step "
+                f"(n={ph['sessions_after_recovery']}; {ph['warm_right_after_step'] * 100:.1f}% before that)")
+    return warm, 0.95, measured, warm > 0.95
+
+
+def sizing_rollout(result: dict) -> tuple:
+    ro = result["rollout"]
+    dropped = ro["failed"] + ro["held_sessions"] - ro["held_answered_after"]
+    measured = (f"{ro['warm_fraction'] * 100:.1f}% of {ro['sessions']} new sessions warm, {dropped} dropped "
+                f"(pool of {ro['pool_size']})")
+    return ro["warm_fraction"], 0.99, measured, ro["warm_fraction"] >= 0.99 and dropped == 0
+
+
 # (scenario, id, the goal, check: scenario result -> (value, limit, measured, met))
 TARGETS = [
     ("overhead", "overhead_p50_jobs",
@@ -143,6 +171,15 @@ TARGETS = [
      waiting_handoff),
     ("waiting", "waiting_follow_up", "Follow-up latency with the most jobs waiting: within 10% of none waiting",
      waiting_follow_up),
+    ("sizing", "sizing_auto_80",
+     "An auto idle target at 80% of refill capacity: at least 99% warm, with fewer idle container-seconds than the "
+     "smallest fixed target as warm", sizing_auto),
+    ("sizing", "sizing_step_recovery",
+     "auto, arrivals stepping from 20% to 80% of refill capacity: above 95% warm from two boot times after the step",
+     sizing_step),
+    ("sizing", "sizing_rollout",
+     "A rollout of a pool of 10 under 50% load: at least 99% of new sessions warm, no session dropped",
+     sizing_rollout),
 ]
 
 

@@ -42,11 +42,11 @@ class PoolBoards:
         """Raises UnknownPool."""
         status = self.overview.status(name)
         ids = self._ids(name)
-        tiles = self._tiles(ids, now)
+        tiles = self._tiles(ids, now, status.spec_hash)
         line = self.overview.line(name)
         return PoolBoard(
             name=name, runtime=status.runtime, degraded=status.degraded, runtime_error=status.runtime_error,
-            target=self.target(name), counts=TileCounts(**{state: len(ids[state]) for state in TILE_STATES}),
+            target=status.target, counts=TileCounts(**{state: len(ids[state]) for state in TILE_STATES}),
             tiles=tiles[:MAX_TILES], tiles_omitted=max(0, len(tiles) - MAX_TILES),
             line=[LineEntry(position=i, job_id=job, tenant=tenant, waited_s=max(0.0, now - joined))
                   for i, (job, tenant, joined) in enumerate(line[:MAX_LINE], 1)],
@@ -54,18 +54,7 @@ class PoolBoards:
             slots=self.slots(name), events=self.events(name), reconciled_at=self.overview.reconciled_at(name))
 
     def target(self, name: str) -> Target:
-        configured, effective = self.specs.configured(name), self.specs.effective(name)
-        overrides = self.state.overrides(name)
-        was = f"target_idle {configured.target_idle}, max_total {configured.max_total}"
-        if not overrides:
-            source, why = "configured", f"as configured ({was})"
-        else:
-            source = "override"
-            why = f"set at run time (greenroom pool scale, PATCH /v1/pools/{name}); configured: {was}"
-            if overrides.get("target_idle", effective.target_idle) > effective.target_idle:
-                why += f"; held to max_total {effective.max_total}"
-        return Target(idle=effective.target_idle, max_total=effective.max_total, configured_idle=configured.target_idle,
-                      configured_max_total=configured.max_total, source=source, why=why)
+        return self.overview.target(name)
 
     def slots(self, name: str) -> list[Slot]:
         """Claims per slot. A claim that found a container idle waited 0 s, so it falls in
@@ -85,23 +74,25 @@ class PoolBoards:
                 pipe.zrange(self.state.keys.pool(name, state), 0, -1, withscores=True)
             return dict(zip(TILE_STATES, pipe.execute(), strict=True))
 
-    def _tiles(self, ids: dict[str, list[tuple[str, float]]], now: float) -> list[Tile]:
+    def _tiles(self, ids: dict[str, list[tuple[str, float]]], now: float, spec_hash: str) -> list[Tile]:
         """In the order they were created, so that a tile keeps its place as its state changes."""
         wanted = [(state, cid, score) for state in TILE_STATES for cid, score in ids[state]]
         with self.state.redis.pipeline(transaction=False) as pipe:
             for _, container_id, _ in wanted:
                 pipe.hgetall(self.state.keys.container(container_id))
             records = pipe.execute()
-        tiles = [_tile(state, cid, score, record, now)
+        tiles = [_tile(state, cid, score, record, now, spec_hash)
                  for (state, cid, score), record in zip(wanted, records, strict=True) if record]  # else gone meanwhile
         return [tile for _, tile in sorted(tiles, key=lambda pair: pair[0])]
 
 
-def _tile(state: str, container_id: str, score: float, record: dict[str, str], now: float) -> tuple[float, Tile]:
+def _tile(state: str, container_id: str, score: float, record: dict[str, str], now: float,
+          spec_hash: str) -> tuple[float, Tile]:
     """(created at, the tile). Since when it is in its state: warming since created, idle
     since its score (ready at), assigned since claimed, retiring since its score."""
     created = float(record.get("created_at") or now)
     since = {"warming": created, "assigned": float(record.get("assigned_at") or created)}.get(state, score)
-    return created, Tile(id=container_id, state=state, engine=record.get("engine") or ENGINE,
+    return created, Tile(id=container_id, state=state, old=record.get("spec_hash", "") != spec_hash,
+                         engine=record.get("engine") or ENGINE,
                          age_s=max(0.0, now - created), in_state_s=max(0.0, now - since),
                          session=record.get("session") or None)

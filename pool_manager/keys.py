@@ -6,7 +6,12 @@
         pool:<pool>:waiting                 the pool's line of parked jobs (score: when each joined;
                                             per tenant: waiting:<tenant>, and waiting-tenants)
         pool:<pool>:stats|info|overrides    hashes: counters, what workers learnt (and when a
-                                            reconcile last ran), run-time scale
+                                            reconcile last ran), run-time scale (and when set)
+        pool:<pool>:arrivals                new sessions' first claims (sorted set: job id, score:
+                                            when first seen), the arrival rate's window (sizing.py)
+        pool:<pool>:sizing                  the last sizing decision and its inputs (hash)
+        pool:<pool>:sizing-history          recent sizing figures, for the cooldown (sorted set)
+        pool:<pool>:rollout                 rollouts asked for (hash: generation, requested_at)
         pool:<pool>:retiring                containers being removed (sorted set, score: since when)
         pool:<pool>:events                  recent boots and failed boots (stream, capped)
         pool:<pool>:placed:<engine>         containers placed on an engine, not yet started by its
@@ -41,7 +46,8 @@ class Keys:
 
     def pool(self, pool: str, part: str) -> str:
         """part: a state (warming, idle, assigned), waiting, stats, info, overrides,
-        retiring, events or health (degraded or whole, as last logged)."""
+        retiring, events, health (degraded or whole, as last logged), arrivals, sizing,
+        sizing-history or rollout."""
         return f"{self.pools}{pool}:{part}"
 
     @property

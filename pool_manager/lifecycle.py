@@ -29,22 +29,24 @@ class Lifecycle:
         self.on_idle = on_idle  # on_idle(pool): a container of the pool just became idle
         self.on_elsewhere = on_elsewhere  # a container of an engine this process does not drive left service
 
-    def start(self, pool: str, spec: PoolSpec, runtime: Runtime,
+    def start(self, pool: str, spec: PoolSpec, runtime: Runtime, spec_hash: str = "",
               add: Callable[[Container], bool] | None = None) -> Container | None:
-        """Create one container, recorded as warming before the runtime is asked, so
-        that concurrent counts include it; its boot is then watched in the background.
-        `add` records it instead, or refuses (False: nothing is started; engines.py)."""
+        """Create one container of the spec (spec_hash: specs.spec_hash of it, labelled on
+        the container), recorded as warming before the runtime is asked, so that
+        concurrent counts include it; its boot is then watched in the background. `add`
+        records it instead, or refuses (False: nothing is started; engines.py)."""
         container_id = f"gr-{pool}-{secrets.token_hex(6)}"
         port = self.ports.allocate(container_id, engine=runtime.engine)
         container = Container(container_id, pool, "warming", port, runtime.endpoint(container_id, spec, port),
-                              time.time(), key=secrets.token_urlsafe(32), engine=runtime.engine)
+                              time.time(), key=secrets.token_urlsafe(32), engine=runtime.engine,
+                              spec_hash=spec_hash)
         if add is None:
             self.state.add(container)
         elif not add(container):
             self.ports.release(port)
             return None
         try:
-            runtime.create(container_id, pool, spec, port, container.key)
+            runtime.create(container_id, pool, spec, port, container.key, spec_hash=spec_hash)
         except RuntimeFailure as exc:
             log.warning("pool %s: creating %s failed: %s", pool, container_id, exc)
             self.fail(container, runtime)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from .engine_pass import EnginePass, PoolWidePass
 from .engines import LOST, Engines
@@ -22,6 +22,7 @@ from .ports import PortAllocator
 from .reconcile import ReconcilePass, ReconcileReport
 from .runtimes import Runtime, runtime_class
 from .settings import Settings
+from .sizing import Sizer
 from .specs import PoolSpecs
 from .state import Claim, Container, PoolState, Refusal, connect_redis
 
@@ -52,8 +53,10 @@ class PoolManager:
                         if len(engines) > 1 else None)  # one engine: as on a single machine
         ports = PortAllocator(self.redis, settings.port_range,
                               {name: spec.port_range for name, spec in engines.items() if spec.port_range})
-        self.lifecycle = Lifecycle(self.state, ports, self.metrics, settings.boot_backoff_s, on_idle=self.hand_off,
+        self.lifecycle = Lifecycle(self.state, ports, self.metrics, settings.boot_backoff_s,
+                                   on_idle=self._became_idle,
                                    on_elsewhere=lambda container: engine_work(container.pool, container.engine))
+        self.sizer = Sizer(self.redis, self.state.keys, self.metrics)
         self._runtimes: dict[str, Runtime] = {}
         self._resolved: dict[str, str] = {}  # pool -> runtime name
 
@@ -127,7 +130,8 @@ class PoolManager:
         if container is None:
             return True
         spec = self.specs.configured(container.pool)
-        if spec.recycle and is_healthy(container.endpoint, spec.health_path):
+        current = container.spec_hash == self.specs.spec_hash(container.pool)  # else a rollout replaces it
+        if spec.recycle and current and is_healthy(container.endpoint, spec.health_path):
             if self.state.move(container, "assigned", "idle"):
                 self.state.detach_session(container.id)
                 self.hand_off(container.pool)
@@ -149,6 +153,16 @@ class PoolManager:
         return self.handoff.run(pool, self.specs.configured(pool).session_idle_ttl_s)
 
     # reconcile
+    def _became_idle(self, pool: str) -> None:
+        """A container of the pool turned idle: hand it to a parked job; and during a
+        rollout an old idle one may go now, not at the next tick (a pass decides)."""
+        self.hand_off(pool)
+        if int(self.state.info(pool).get("old") or 0):
+            try:
+                self.reconcile(pool)
+            except (RuntimeFailure, RedisError) as exc:  # the periodic reconcile takes over
+                log.warning("pool %s: reconcile after a container turned idle failed: %s", pool, exc)
+
     def reconcile(self, pool: str) -> ReconcileReport | None:
         """Run a pass under the pool's lock. If a pass is already running, flag it to run
         once more instead of waiting, so a request is never lost behind the lock."""
@@ -170,8 +184,9 @@ class PoolManager:
     def _pass(self, pool: str) -> ReconcileReport:
         """One pass; a runtime that fails it is recorded for status readers until one succeeds.
         With several engines, first the lost ones' containers leave service (engines.py)."""
+        spec_hash = self.specs.spec_hash(pool)
         args = (pool, self.specs.effective(pool), self.pool_runtime(pool), self.state, self.lifecycle,
-                self.close_session, self.line, self.engines)
+                self.close_session, self.line, self.sizer, spec_hash, self.engines)
         if self.engines:
             self.engines.declare_lost(pool)
         try:
@@ -179,7 +194,8 @@ class PoolManager:
                 report = ReconcilePass(*args).run()
         except RuntimeFailure as exc:
             if not self.engines:
-                self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()))
+                self.state.set_info(pool, runtime_error=str(exc)[:500], reconciled_at=repr(time.time()),
+                                    spec_hash=spec_hash)
                 raise
             self.engines.failed(self.engine, str(exc))  # this engine is down: the others carry the pool
             log.warning("pool %s: engine %s failed: %s", pool, self.engine, exc)
@@ -191,7 +207,9 @@ class PoolManager:
             for engine in self.engines.specs:  # each engine's worker lists the pool about once an interval
                 if engine != self.engine and self.engines.wants_pass(pool, engine, self.settings.reconcile_interval_s):
                     self.engine_work(pool, engine)
-        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()))  # the maintenance heartbeat
+        # the maintenance heartbeat, and what new containers are made from (for readers)
+        self.state.set_info(pool, runtime_error="", reconciled_at=repr(time.time()), spec_hash=spec_hash,
+                            old=report.old)
         self.metrics.observe("reconcile_duration_seconds", pool, report.duration_s)
         self.hand_off(pool)  # the safety net: containers adopted, or turned idle while no one handed off
         return report
@@ -208,7 +226,8 @@ class PoolManager:
             self.engines.began(pool, self.engine, began)
             try:
                 report = EnginePass(pool, self.specs.effective(pool), self.pool_runtime(pool), self.state,
-                                    self.lifecycle, self.close_session, self.line, self.engines).run()
+                                    self.lifecycle, self.close_session, self.line, self.sizer,
+                                    self.specs.spec_hash(pool), self.engines).run()
             except RuntimeFailure as exc:
                 self.engines.failed(self.engine, str(exc))
                 raise

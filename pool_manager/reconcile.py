@@ -5,6 +5,7 @@ The caller (PoolManager.reconcile) holds the pool's lock, so passes never overla
 
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from .lifecycle import Lifecycle
 from .line import WaitingLine
 from .runtimes import Instance, Runtime
 from .settings import PoolSpec
+from .sizing import Sizer
 from .state import Container, PoolState
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class ReconcileReport:
     started: int = 0
     retired: int = 0
     preempted: int = 0  # idle sessions closed to serve the line at max_total
+    target_idle: int = 0  # the idle target of this pass (computed, for an auto pool)
+    old: int = 0  # containers of an older spec hash left after the pass (a rollout under way)
     duration_s: float = 0.0
     started_ids: list[str] = field(default_factory=list)
 
@@ -37,10 +41,11 @@ class ReconcileReport:
 class ReconcilePass:
     lists_here = True  # this pass listed its engine: containers may be placed on it
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
-                 close_session, line: WaitingLine, engines: Engines | None = None):
+                 close_session, line: WaitingLine, sizer: Sizer, spec_hash: str, engines: Engines | None = None):
         self.pool, self.spec, self.runtime = pool, spec, runtime
         self.state, self.lifecycle, self.line = state, lifecycle, line
         self.close_session = close_session
+        self.sizer, self.spec_hash = sizer, spec_hash  # new containers are made from this spec hash
         self.engines = engines  # more than one engine: counts and placement over all of them (engines.py)
         self.report = ReconcileReport(pool)
 
@@ -107,7 +112,7 @@ class ReconcilePass:
 
     def _adopt(self, instance: Instance, endpoint: str, key: str, state: str) -> None:
         container = Container(instance.id, self.pool, state, instance.port, endpoint, instance.created_at, key,
-                              engine=self.runtime.engine)
+                              engine=self.runtime.engine, spec_hash=instance.spec_hash)
         self.lifecycle.ports.reserve(instance.port, instance.id)
         self.state.add(container)
         if state == "warming":
@@ -142,30 +147,54 @@ class ReconcilePass:
             if container_id in live:
                 self.lifecycle.show(self.runtime, self.pool, container_id, state)
 
+    def idle_target(self) -> int:
+        """target_idle, or for "auto" what the sizing computes now (sizing.py)."""
+        if self.spec.target_idle != "auto":
+            self.sizer.forget(self.pool, self.spec)
+            return self.spec.target_idle
+        return self.sizer.decide(self.pool, self.spec).idle
+
     def resize(self, existing: int) -> None:
-        """Bring idle + warming to the demand: target_idle plus the jobs waiting for a
-        container. Start the whole deficit at once, in parallel, never past max_total;
-        retire idle containers beyond the demand (the target was lowered, or waiting jobs
-        gave up), the most recently idle first.
+        """Bring idle + warming containers of the current spec to the demand: the idle
+        target plus the jobs waiting for a container. Start the whole deficit at once, in
+        parallel, never past max_total; retire idle containers beyond the demand (the
+        target was lowered, waiting jobs gave up, or new containers replaced old ones),
+        those of an older spec first, else the most recently idle.
+
+        A rollout is this rule with old containers about: they do not count towards the
+        demand, so new ones boot for it, and as those become idle the old idle ones are
+        the surplus, retired, so the idle count never drops below the target (except at
+        max_total, where one old idle container at a time makes way for a new one). The
+        assigned keep their sessions. While the new spec's boots fail (degraded), one boots
+        at a time and no old container is retired: the old ones keep serving.
 
         `existing` is what the runtime listed at the start of this pass: containers on
         their way out (a closed session's, a crashed one's) have left the state sets
         but still run until removed, and count against max_total until they are gone.
         Only passes create containers, one pass at a time, so the runtime holds no more
         than that now."""
-        counts = self.counts()
+        made = self.state.spec_hashes(self.pool)
+        by = Counter((state, made_from == self.spec_hash) for state, made_from in made.values())
+        idle, old_idle = by["idle", True] + by["idle", False], self._old_idle(made)
         waiting = self.line.trimmed_size(self.pool)
-        demand = self.spec.target_idle + waiting
-        if counts["idle"] > demand:
-            self.retire(counts["idle"] - demand)
-            return
-        deficit = demand - counts["idle"] - counts["warming"]
-        room = self.spec.max_total - self.occupied(counts, existing)
+        self.report.target_idle = self.idle_target()
+        demand = self.report.target_idle + waiting
+        if idle > demand:
+            old_idle = self.retire(idle - demand, old_idle)
+        deficit = demand - by["idle", True] - by["warming", True] - self.placed()
+        room = self.spec.max_total - self.occupied(len(made), existing) + self.report.retired
+        if deficit > room and old_idle and not by["warming", True] and not self.state.degraded(self.pool):
+            old_idle = self.retire(1, old_idle)  # a rollout at max_total: one at a time
+            room += 1
         if (short := min(deficit, waiting) - room) > 0 and self.make_room(short):
-            counts, existing = self.counts(), len(self.runtime.list_managed())
-            room = self.spec.max_total - self.occupied(counts, existing)
+            existing = len(self.runtime.list_managed())
+            room = self.spec.max_total - self.occupied(sum(self.state.counts(self.pool).values()), existing)
+        self.report.old = sum(1 for _, made_from in self.state.spec_hashes(self.pool).values()
+                              if made_from != self.spec_hash)
         wanted = max(0, min(deficit, room))
-        if not wanted and self.engines and not counts["warming"] and not waiting:
+        if self.report.old and self.state.degraded(self.pool):
+            wanted = min(wanted, max(0, 1 - by["warming", True]))  # a failing new spec: one canary at a time
+        if not wanted and self.engines and not by["warming", True] and not waiting:
             self.rebalance()
         if not wanted or time.time() < self.state.backoff_until(self.pool):
             return  # nothing to do, or backing off after boot failures
@@ -178,32 +207,36 @@ class ReconcilePass:
             self.report.started = sum(spread.values())
         if on_this_engine:
             with ThreadPoolExecutor(min(on_this_engine, MAX_PARALLEL)) as pool:
-                started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime),
+                started = list(pool.map(lambda _: self.lifecycle.start(self.pool, self.spec, self.runtime,
+                                                                       self.spec_hash),
                                         range(on_this_engine)))
             self.report.started_ids = [c.id for c in started if c]
             self.report.started += len(self.report.started_ids)
 
-    def counts(self) -> dict[str, int]:
-        """Containers by state; placed on another engine and not yet started counts as warming."""
-        counts = self.state.counts(self.pool)
-        if self.engines:
-            counts["warming"] += sum(self.engines.placed(self.pool).values())
-        return counts
+    def placed(self) -> int:
+        """Containers placed on other engines and not yet started there (engines.py)."""
+        return sum(self.engines.placed(self.pool).values()) if self.engines else 0
 
-    def occupied(self, counts: dict[str, int], existing: int) -> int:
+    def occupied(self, known: int, existing: int) -> int:
         """What counts against max_total: containers in the state sets, or the runtime's
         listing if more; with several engines, every engine's (engines.py)."""
         if self.engines:
             return self.engines.occupied(self.pool, existing)
-        return max(sum(counts.values()), existing)
+        return max(known, existing)
 
     def engine_work(self, live: dict[str, Instance]) -> None:
         """This engine's share of what other passes decided: start what they placed here,
         and forget what left service and is no longer here (engines.py)."""
-        started = start_placed(self.engines, self.pool, self.spec, self.runtime, self.lifecycle.start)
+        started = start_placed(self.engines, self.pool, self.spec, self.runtime,
+                               lambda *args, add: self.lifecycle.start(*args, self.spec_hash, add=add))
         self.report.started += len(started)
         self.report.started_ids += [c.id for c in started]
         self.engines.clear_removed(self.pool, self.runtime.engine, live, self.lifecycle.ports.release)
+
+    def _old_idle(self, made: dict[str, tuple[str, str]]) -> list[str]:
+        """Idle containers of an older spec, the longest idle first (claims take those first too)."""
+        old = {cid for cid, (state, made_from) in made.items() if state == "idle" and made_from != self.spec_hash}
+        return [cid for cid in self.state.idle_ids(self.pool) if cid in old] if old else []
 
     def make_room(self, short: int) -> int:
         """At max_total, with `short` waiting jobs no container is on its way for: close up
@@ -236,12 +269,17 @@ class ReconcilePass:
             self.lifecycle.destroy(container, self.here(container))
             self.report.retired += 1
 
-    def retire(self, surplus: int) -> None:
-        """Take `surplus` idle containers out of service at once, then remove them in parallel."""
-        leaving = [c for c in map(self.state.get, self.state.newest_idle(self.pool, surplus))
+    def retire(self, surplus: int, old_idle: list[str]) -> list[str]:
+        """Take `surplus` idle containers out of service at once (old_idle first, then the
+        most recently idle), then remove them in parallel. Returns the old idle left."""
+        chosen = old_idle[:surplus]
+        if len(chosen) < surplus:
+            newest = self.state.newest_idle(self.pool, surplus + len(chosen))
+            chosen += [cid for cid in newest if cid not in chosen][:surplus - len(chosen)]
+        leaving = [c for c in map(self.state.get, chosen)
                    if c and self.state.move(c, "idle", None)]  # unless claimed meanwhile
-        if not leaving:
-            return
-        with ThreadPoolExecutor(min(len(leaving), MAX_PARALLEL)) as pool:
-            list(pool.map(lambda c: self.lifecycle.destroy(c, self.here(c)), leaving))
-        self.report.retired = len(leaving)
+        if leaving:
+            with ThreadPoolExecutor(min(len(leaving), MAX_PARALLEL)) as pool:
+                list(pool.map(lambda c: self.lifecycle.destroy(c, self.here(c)), leaving))
+            self.report.retired += len(leaving)
+        return old_idle[len(chosen):] if len(chosen) <= len(old_idle) else []

@@ -147,6 +147,59 @@ class EngineStatus(BaseModel):
     error: str | None = Field(None, description="why its worker could not reach it last (null: it could)")
 
 
+class AutoSizing(BaseModel):
+    """What an auto target was computed from (pool_manager/sizing.py), at its last reconcile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_per_s: float = Field(ge=0, description="new sessions per second, as used")
+    long_rate_per_s: float = Field(ge=0, description="over window_s")
+    short_rate_per_s: float = Field(ge=0, description="over a tenth of window_s, its busiest second trimmed")
+    short_counted: bool = Field(description="the short window's rate was used (a step up in load)")
+    boot_s: float = Field(ge=0, description="the boot time used: p90 of the latest boots")
+    boots: int = Field(ge=0, description="how many boots boot_s comes from (0: assumed)")
+    computed: int = Field(ge=0, description="the idle count this rate and boot time ask for")
+    held: int = Field(ge=0, description="the highest of the cooldown: a lower figure waits it out")
+    warm_goal: float
+    min_idle: int = Field(ge=0)
+    max_idle: int = Field(ge=0)
+    window_s: float
+    cooldown_s: float
+    at: float = Field(description="when it was computed (Unix time)")
+
+
+class Target(BaseModel):
+    """The pool's idle target now and where it comes from: `source` says which, `why` in words."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle: int = Field(ge=0, description="idle containers kept waiting now (before the jobs waiting in line)")
+    max_total: int = Field(ge=0)
+    setting: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        description="target_idle in effect: a number or auto")
+    configured_idle: Annotated[int, Field(ge=0)] | Literal["auto"]
+    configured_max_total: int = Field(ge=0)
+    source: Literal["configured", "override", "computed"] = Field(
+        description="override: set at run time (pool scale, PATCH); computed: target_idle is auto")
+    why: str
+    overrides: dict[str, Annotated[int, Field(ge=0)] | Literal["auto"]] | None = Field(None, description=(
+        "settings set at run time, winning over the configuration until dropped (pool scale --reset); null: none"))
+    override_set_at: float | None = Field(None, description="when the overrides were last set (Unix time)")
+    auto: AutoSizing | None = Field(None, description="what an auto target was computed from; null: not auto, "
+                                    "or no pass since")
+
+
+class OldContainers(BaseModel):
+    """Containers of an older spec hash, by state: a rollout retires the idle ones as new
+    ones become ready; the assigned keep their sessions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warming: int = Field(ge=0)
+    idle: int = Field(ge=0)
+    assigned: int = Field(ge=0)
+
+
 class PoolStatus(BaseModel):
     """A pool's scale and its containers by state (GET /v1/pools, `greenroom pool status`)."""
 
@@ -154,7 +207,7 @@ class PoolStatus(BaseModel):
 
     name: str
     runtime: str
-    target_idle: int = Field(ge=0)
+    target_idle: int = Field(ge=0, description="the idle target now (target.why says where it comes from)")
     max_total: int = Field(ge=0)
     idle: int = Field(ge=0)
     warming: int = Field(ge=0)
@@ -164,41 +217,32 @@ class PoolStatus(BaseModel):
     degraded: bool = Field(description="its last boots all failed (backing off), or its runtime fails")
     runtime_error: str | None = Field(description="why the last reconcile could not reach the runtime")
     engines: list[EngineStatus] = Field(description="the same counts per Docker engine")
+    target: Target
+    spec_hash: str = Field(description="what new containers are made from (their greenroom.spec-hash label)")
+    old: OldContainers
+    rollout: Literal["none", "rolling", "stopped"] = Field(
+        description="rolling: containers of an older spec remain; stopped: and the new spec's boots fail")
+    idle_container_seconds: float = Field(ge=0, description="time containers spent idle, summed, since the start")
 
 
 class PoolChange(BaseModel):
-    """PATCH /v1/pools/<name>: target_idle may not exceed max_total (the new or the current one)."""
+    """PATCH /v1/pools/<name>: target_idle a number or "auto"; target_idle may not exceed
+    max_total (the new or the current one). null drops a run-time setting: the
+    configuration holds again for it (as in a JSON merge patch)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
 
-    target_idle: Annotated[int, Field(ge=0)] | None = absent()
-    max_total: Annotated[int, Field(ge=1)] | None = absent()
+    target_idle: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
+    max_total: Annotated[int, Field(ge=1)] | None = None
+    min_idle: Annotated[int, Field(ge=0)] | None = None
+    max_idle: Annotated[int, Field(ge=0)] | None = None
 
-    @field_validator("target_idle", "max_total", mode="before")
-    @classmethod
-    def _given_not_null(cls, value):
-        if value is None:  # absent is fine; null is not a number
-            raise ValueError("must be an integer")
-        return value
-
-    def values(self) -> dict[str, int]:
-        return self.model_dump(exclude_none=True)
+    def values(self) -> dict[str, int | str | None]:
+        """The fields given, None for those given as null."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
 
 
 # ------------------------------------------------------------------ the pool page (GET /ui/state)
-
-class Target(BaseModel):
-    """The pool's scale and where it comes from: `source` says which (the page shows `why`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    idle: int = Field(ge=0, description="idle containers kept waiting")
-    max_total: int = Field(ge=0)
-    configured_idle: int = Field(ge=0)
-    configured_max_total: int = Field(ge=0)
-    source: Literal["configured", "override"] = Field(description="override: set at run time (pool scale, PATCH)")
-    why: str
-
 
 class Tile(BaseModel):
     """One container; `retiring`: out of service, being removed."""
@@ -207,6 +251,7 @@ class Tile(BaseModel):
 
     id: str
     state: Literal["warming", "idle", "assigned", "retiring"]
+    old: bool = Field(description="made from an older spec (a rollout replaces it)")
     engine: str = Field(description="where it runs; 'local': this host's engine")
     age_s: float = Field(description="since it was created")
     in_state_s: float = Field(description="since it entered its state")

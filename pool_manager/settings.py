@@ -10,7 +10,7 @@ import re
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -47,8 +47,16 @@ class PoolSpec(BaseModel):
     image: str | None = None
     command: list[str] | None = None
     runtime: Literal["auto", "docker", "process", "kubernetes"] = "auto"
-    target_idle: int = Field(2, ge=0)
+    # Booted containers kept waiting: a number, or "auto" (sizing.py): the smallest count
+    # that the arrivals of one boot time exceed with probability at most 1 - warm_goal,
+    # from the observed arrival rate and boot time, within min_idle..max_idle.
+    target_idle: Annotated[int, Field(ge=0)] | Literal["auto"] = 2
     max_total: int = Field(20, ge=1, le=10_000)
+    min_idle: int = Field(1, ge=0)  # auto: never fewer (0: a quiet pool drains to nothing)
+    max_idle: int | None = Field(None, ge=0)  # auto: never more (unset: max_total)
+    warm_goal: float = Field(0.99, gt=0, lt=1)  # auto: the share of new sessions to find one idle
+    arrival_window_s: float = Field(60, ge=10, le=3600)  # auto: the arrival rate's window
+    scale_down_cooldown_s: float = Field(60, ge=0, le=3600)  # auto: a lower target waits this long
     health_path: str = Field("/healthz", pattern=r"^/")
     boot_timeout_s: float = Field(120, gt=0)
     session_idle_ttl_s: float = Field(300, gt=0)
@@ -75,8 +83,10 @@ class PoolSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PoolSpec":
-        if self.target_idle > self.max_total:
+        if self.target_idle != "auto" and self.target_idle > self.max_total:
             raise ValueError(f"target_idle ({self.target_idle}) exceeds max_total ({self.max_total})")
+        if self.min_idle > min(self.max_total, self.max_idle if self.max_idle is not None else self.max_total):
+            raise ValueError(f"min_idle ({self.min_idle}) exceeds max_idle or max_total")
         if self.runtime in ("docker", "kubernetes") and not self.image:
             raise ValueError(f"runtime '{self.runtime}' needs an image")
         if self.runtime == "kubernetes" and not re.fullmatch(r"\d+(:\d+)?", self.user):

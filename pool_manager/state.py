@@ -26,14 +26,20 @@ REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 REDIS_CONNECTIONS = 64  # per client (process): more callers wait their turn
 CLOSED_SESSION_TTL_S = 86400  # how long a closed session's id keeps answering "closed"
 RETIRING_KEEP_S = 3600  # a removal stuck longer than this leaves the retiring set (its record stays)
+DEGRADED_AFTER = 3  # consecutive failed boots: the pool reads degraded (and a rollout stops)
+OVERRIDE_META = "_"  # overrides' fields of this prefix say when they were set, not what
 
 # assign(session_key, session_name, job_id, tenant_keys): the longest-idle container goes
 # to a new session, under a lease; the session joins its tenant's active sessions, and its
-# job is no longer a new session on its way. Returns the container's id. Expects `idle`,
+# job is no longer a new session on its way; the container's time idle is added to the
+# pool's idle_seconds (its stats hash, beside `idle`). Returns the container's id. Expects `idle`,
 # `assigned`, `records`, `pool`, `now` and `lease_until` to be set by the script that uses it.
 ASSIGN = """
 local function assign(session_key, session_name, job_id, tenant_keys)
-  local id = redis.call('ZPOPMIN', idle)[1]
+  local popped = redis.call('ZPOPMIN', idle)
+  local id = popped[1]
+  redis.call('HINCRBYFLOAT', string.sub(idle, 1, -5) .. 'stats', 'idle_seconds',
+             math.max(0, tonumber(now) - tonumber(popped[2])))
   redis.call('ZADD', assigned, lease_until, id)
   redis.call('HSET', records .. id, 'state', 'assigned', 'session', session_name, 'assigned_at', now)
   redis.call('HSET', session_key, 'container', id, 'pool', pool, 'state', 'active', 'created_at', now)
@@ -48,9 +54,11 @@ end
 # fewer live jobs come before it in line (all of them, if it is not in line) than there
 # are idle containers. A session opened for a parked job by the hand-off (handoff.py)
 # reads as new to that job, once. Returns {"new"|"existing", the container's hash} or
-# {a Refusal's value}.
+# {a Refusal's value}. A new session's first try records its arrival (once per job: the
+# sizing's arrival rate).
 _CLAIM = """
 local session_key, idle, assigned, all_key, tenants_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local arrivals = KEYS[6]
 local session_id, pool, lease_until, now, records, job_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local stale_before, line_prefix, tenant, tenant_keys = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 """ + FAIR_PLACE + ASSIGN + LEAVE_LINE + """
@@ -64,6 +72,7 @@ if session[2] == 'active' then
   return {found, redis.call('HGETALL', records .. session[1])}
 end
 if session[2] then return {session[2]} end
+redis.call('ZADD', arrivals, 'NX', now, job_id ~= '' and job_id or session_id)
 if ahead(tenant, job_id, now, stale_before) >= redis.call('ZCARD', idle) then return {'empty'} end
 local id = assign(session_key, session_id, job_id, tenant_keys)
 leave_line(tenant, job_id)
@@ -71,11 +80,14 @@ return {'new', redis.call('HGETALL', records .. id)}
 """
 
 # Move a container between state sets only if it is still where the caller saw it, so
-# that of two racing actors (a boot watcher and a reconcile, say) exactly one wins.
+# that of two racing actors (a boot watcher and a reconcile, say) exactly one wins. One
+# leaving idle adds its time idle to the pool's idle_seconds (KEYS[4], the stats hash).
 _MOVE = """
-local from_set, to_set, container = KEYS[1], KEYS[2], KEYS[3]
+local from_set, to_set, container, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, state, now = ARGV[1], ARGV[2], ARGV[3]
+local since = stats ~= '' and redis.call('ZSCORE', from_set, id)
 if redis.call('ZREM', from_set, id) == 0 then return 0 end
+if since then redis.call('HINCRBYFLOAT', stats, 'idle_seconds', math.max(0, tonumber(now) - tonumber(since))) end
 if to_set ~= '' then redis.call('ZADD', to_set, now, id) end
 redis.call('HSET', container, 'state', state, state .. '_at', now)
 for i = 4, #ARGV, 2 do redis.call('HSET', container, ARGV[i], ARGV[i + 1]) end
@@ -134,12 +146,13 @@ class Container:
     key: str  # the bearer key the server requires (runtimes pass it at create)
     session: str | None = None
     engine: str = DEFAULT_ENGINE  # the Docker engine it runs on (engines.py)
+    spec_hash: str = ""  # the spec it was made from (specs.spec_hash); "" : made before they were kept
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Container":
         return cls(fields["id"], fields["pool"], fields["state"], int(fields["port"]), fields["endpoint"],
                    float(fields["created_at"]), fields.get("key", ""), fields.get("session") or None,
-                   fields.get("engine") or DEFAULT_ENGINE)
+                   fields.get("engine") or DEFAULT_ENGINE, fields.get("spec_hash", ""))
 
 
 @dataclass(frozen=True)
@@ -194,8 +207,9 @@ class PoolState:
         """Atomically move from one state to another (None: out of every set), setting
         any fields of its record in the same step."""
         to_key = self.keys.pool(container.pool, to_state) if to_state else ""
+        stats = self.keys.pool(container.pool, "stats") if from_state == "idle" else ""
         return bool(self._move(
-            keys=[self.keys.pool(container.pool, from_state), to_key, self.keys.container(container.id)],
+            keys=[self.keys.pool(container.pool, from_state), to_key, self.keys.container(container.id), stats],
             args=[container.id, to_state or "gone", time.time(), *(x for pair in fields.items() for x in pair)],
         ))
 
@@ -206,6 +220,19 @@ class PoolState:
                 pipe.zrange(self.keys.pool(pool, state), 0, -1)
             found = pipe.execute()
         return {container_id: state for state, ids in zip(POOL_STATES, found, strict=True) for container_id in ids}
+
+    def spec_hashes(self, pool: str) -> dict[str, tuple[str, str]]:
+        """Each container id of the pool with its state and the spec hash it was made from."""
+        states = self.states(pool)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for container_id in states:
+                pipe.hget(self.keys.container(container_id), "spec_hash")
+            hashes = pipe.execute()
+        return {cid: (state, found or "") for (cid, state), found in zip(states.items(), hashes, strict=True)}
+
+    def idle_since(self, pool: str) -> list[float]:
+        """When each idle container became idle."""
+        return [score for _, score in self.redis.zrange(self.keys.pool(pool, "idle"), 0, -1, withscores=True)]
 
     def mark_gone(self, container: Container) -> None:
         """Out of every state set, its record kept as 'gone' until the runtime removes it;
@@ -236,6 +263,10 @@ class PoolState:
                 pipe.zcard(self.keys.pool(pool, state))
             return dict(zip(POOL_STATES, pipe.execute(), strict=True))
 
+    def idle_ids(self, pool: str) -> list[str]:
+        """Idle container ids, the longest idle first (the order claims take them in)."""
+        return self.redis.zrange(self.keys.pool(pool, "idle"), 0, -1)
+
     def newest_idle(self, pool: str, count: int) -> list[str]:
         """The ids a claim would hand out last (claims take the longest idle first)."""
         return self.redis.zrevrange(self.keys.pool(pool, "idle"), 0, count - 1)
@@ -247,7 +278,8 @@ class PoolState:
         max_wait_s are dropped first (line.py)."""
         now, tenant = time.time(), tenant_of(session_id)
         keys = [self.keys.session(session_id),
-                *(self.keys.pool(pool, part) for part in ("idle", "assigned", "waiting", "waiting-tenants"))]
+                *(self.keys.pool(pool, part) for part in ("idle", "assigned", "waiting", "waiting-tenants",
+                                                          "arrivals"))]
         args = [session_id, pool, now + lease_s, now, self.keys.container(""), job_id, now - max_wait_s,
                 self.keys.pool(pool, "waiting:"), tenant, self.keys.tenant(tenant)]
         outcome, *found = self._claim(keys=keys, args=args)
@@ -307,6 +339,10 @@ class PoolState:
         self.set_info(pool, backoff_until=time.time() + delay)
         return delay
 
+    def degraded(self, pool: str) -> bool:
+        """Its last DEGRADED_AFTER boots failed."""
+        return int(self.redis.hget(self.keys.pool(pool, "stats"), "consecutive_failures") or 0) >= DEGRADED_AFTER
+
     def backoff_until(self, pool: str) -> float:
         return float(self.info(pool).get("backoff_until") or 0)
 
@@ -317,14 +353,48 @@ class PoolState:
     def set_info(self, pool: str, **fields: str) -> None:
         self.redis.hset(self.keys.pool(pool, "info"), mapping=fields)
 
-    def stats(self, pool: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(self.keys.pool(pool, "stats")).items()}
+    def stats(self, pool: str) -> dict[str, int | float]:
+        """Counters: whole numbers, but idle_seconds (a float)."""
+        return {k: float(v) if k == "idle_seconds" else int(v)
+                for k, v in self.redis.hgetall(self.keys.pool(pool, "stats")).items()}
 
-    def overrides(self, pool: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(self.keys.pool(pool, "overrides")).items()}
+    def overrides(self, pool: str) -> dict[str, int | str]:
+        """The run-time scale: field -> a number, or "auto" (target_idle)."""
+        found = self.redis.hgetall(self.keys.pool(pool, "overrides"))
+        return {k: v if v == "auto" else int(v) for k, v in found.items() if not k.startswith(OVERRIDE_META)}
 
-    def set_overrides(self, pool: str, values: dict[str, int]) -> None:
-        self.redis.hset(self.keys.pool(pool, "overrides"), mapping=values)
+    def override_meta(self, pool: str) -> dict[str, str]:
+        """When the overrides were last set, and what the configuration said then:
+        {"set_at": ..., "configured.<field>": ...}."""
+        found = self.redis.hgetall(self.keys.pool(pool, "overrides"))
+        return {k.removeprefix(OVERRIDE_META): v for k, v in found.items() if k.startswith(OVERRIDE_META)}
+
+    def set_overrides(self, pool: str, values: dict[str, int | str], configured: dict[str, int | str]) -> None:
+        """Set (a value) or drop (None) overrides, noting when and what was configured then."""
+        key = self.keys.pool(pool, "overrides")
+        dropped = [k for k, v in values.items() if v is None]
+        kept = {k: v for k, v in values.items() if v is not None}
+        with self.redis.pipeline() as pipe:
+            if dropped:
+                pipe.hdel(key, *dropped, *(f"{OVERRIDE_META}configured.{k}" for k in dropped))
+            if kept:
+                pipe.hset(key, mapping=kept | {f"{OVERRIDE_META}configured.{k}": str(configured[k]) for k in kept})
+            pipe.hset(key, f"{OVERRIDE_META}set_at", repr(time.time()))
+            pipe.execute()
+        if not self.overrides(pool):
+            self.redis.delete(key)  # no override left: nothing to say when
+
+    # rollouts
+    def rollout_generation(self, pool: str) -> int:
+        """How many rollouts were asked for (greenroom pool rollout): part of the spec hash."""
+        return int(self.redis.hget(self.keys.pool(pool, "rollout"), "generation") or 0)
+
+    def request_rollout(self, pool: str) -> int:
+        key = self.keys.pool(pool, "rollout")
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "generation", 1)
+            pipe.hset(key, "requested_at", repr(time.time()))
+            return pipe.execute()[0]
 
     def discard_session(self, session_id: str) -> None:
         """Forget a session entirely, so that its id can claim afresh."""

@@ -65,7 +65,8 @@ def test_pool_status_shows_a_degraded_pool(cli_env, make_manager):
                message="three failed boots in a row")
     table = greenroom("pool", "status", env=cli_env)
     assert table.returncode == 0, table.stderr
-    header, row = table.stdout.splitlines()
+    header, row, _, why = table.stdout.splitlines()  # the table, then where each target comes from
+    assert why == "chatbot: target 0 idle: as configured (target_idle 0, max_total 3)", table.stdout
     shown = dict(zip(header.split(), row.split()))
     assert (shown["name"], shown["degraded"]) == ("chatbot", "True") and int(shown["failed"]) >= 3, table.stdout
     [as_json] = json.loads(greenroom("pool", "status", "--json", env=cli_env).stdout)

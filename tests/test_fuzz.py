@@ -94,7 +94,7 @@ def test_the_document_is_valid_openapi_3_1():
     schema.validate()  # against the OpenAPI 3.1 meta-schema; raises if not
 
 
-ADMIN_OPERATIONS = {"scalePool", "poolPage", "poolPageState"}
+ADMIN_OPERATIONS = {"scalePool", "rolloutPool", "poolPage", "poolPageState"}
 
 
 def authorization(case) -> dict:

@@ -142,7 +142,8 @@ def test_unknown_containers_neither_healthy_nor_booting_are_destroyed(make_manag
     def start(name: str, **env) -> str:  # as a crashed manager would have left it, unrecorded
         instance_id = f"gr-{POOL}-{name}-{secrets.token_hex(3)}"
         runtime.create(instance_id, POOL, spec.model_copy(update={"env": spec.env | env}),
-                       manager.lifecycle.ports.allocate(instance_id), secrets.token_urlsafe(16))
+                       manager.lifecycle.ports.allocate(instance_id), secrets.token_urlsafe(16),
+                       spec_hash=manager.specs.spec_hash(POOL))  # of the current spec: no rollout
         return instance_id
 
     healthy, stuck, exited = start("healthy"), start("stuck", FAULT_NEVER_HEALTHY="1"), start("exited",

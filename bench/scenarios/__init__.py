@@ -3,8 +3,8 @@ run(ctx) -> a JSON-able dict (with "params" and "plots"), and markdown(result) -
 
 import importlib
 
-NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "burst_engines", "refill", "scale", "tenants", "connections", "streaming",
-         "waiting")
+NAMES = ("overhead", "warm_vs_cold", "arrivals", "burst", "burst_engines", "refill", "scale", "tenants", "connections",
+         "streaming", "waiting", "sizing")
 
 
 def load(name: str):

@@ -21,6 +21,7 @@ from pool_manager.keys import Keys
 from ..client import Records, chat_in_session, close_session, new_session, scale, wait_until_settled
 from ..context import Context, celery_app, pool_spec, ready
 from ..markdown import SUMMARY_HEADERS, ms, s, summary_row, table
+from ..plots import figure, save
 from ..stats import summary
 from ..stack import wait_until
 
@@ -42,8 +43,26 @@ def run(ctx: Context) -> dict:
         ready(stack, spec)
         cost = [one_level(stack, spec, count, p) for count in p["waiting"]]
         handoff = idle_to_running(stack, p)
-    return {"params": p, "cost": cost, "idle_to_running": summary(handoff), "idle_to_running_n": len(handoff),
-            "plots": []}
+    result = {"params": p, "cost": cost, "idle_to_running": summary(handoff), "idle_to_running_n": len(handoff)}
+    return result | {"plots": [plot(ctx, cost, handoff)]}
+
+
+def plot(ctx: Context, cost: list[dict], handoff: list[float]) -> str:
+    path = ctx.plot_path("waiting")
+    fig, axes = figure(1, 2, width=12, height=3.8)
+    counts = [level["waiting"] for level in cost]
+    axes[0].plot(counts, [level["commands_per_s"] for level in cost], marker="o", label="Redis commands/s")
+    axes[0].plot(counts, [level["follow_up"]["p50"] * 1000 for level in cost], marker="s",
+                 label="follow-up p50 (ms)")
+    axes[0].set_xlabel("jobs waiting")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(sorted(d * 1000 for d in handoff), marker=".", ls="")
+    axes[1].set_xlabel("jobs, by delay")
+    axes[1].set_ylabel("container idle -> job running (ms)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    save(fig, path)
+    return path.name
 
 
 def one_level(stack, spec: dict, count: int, p: dict) -> dict:

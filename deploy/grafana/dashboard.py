@@ -79,6 +79,21 @@ def pool_panels() -> list:
                 f"(sum by (pool) (max by (pool, served) (rate(greenroom_claims_total{{{POOL}}}[{RATE}]))) > 0)",
                 "{{pool}} warm share"),
                (f"max by (pool) (greenroom_warm_share_goal_ratio{{{POOL}}})", "{{pool}} goal"), span=12, max_val=1),
+        series("Idle cost", "Containers idle on average (the rate of idle container-seconds), against the "
+               "target in effect (auto: computed) and claims per second, warm or waited: weigh idle cost against "
+               "warm share", "short",
+               (f"max by (pool) (rate(greenroom_idle_container_seconds_total{{{POOL}}}[{RATE}]))",
+                "{{pool}} idle containers (average)"),
+               (f"max by (pool) (greenroom_target_idle{{{POOL}}})", "{{pool}} target idle"),
+               (f"max by (pool, served) (rate(greenroom_claims_total{{{POOL}}}[{RATE}]))",
+                "{{pool}} claims/s {{served}}"),
+               span=12),
+        series("Sizing inputs", "What an auto target is computed from: new sessions per second and the boot "
+               "time's p90 (sizing.py); and containers of an older spec a rollout has yet to replace", "short",
+               (f"max by (pool) (greenroom_sizing_arrival_rate_per_second{{{POOL}}})", "{{pool}} arrivals/s"),
+               (f"max by (pool) (greenroom_sizing_boot_seconds{{{POOL}}})", "{{pool}} boot p90 (s)"),
+               (f"sum by (pool) (max by (pool, state) (greenroom_outdated_containers{{{POOL}}}))",
+                "{{pool}} old-spec containers"), span=12),
         series("Claim wait", "How long new sessions waited for a container: p50, p95, p99 (bucket bounds)", "s",
                *quantiles("greenroom_claim_wait_seconds"), span=12),
         series("Job latency", "From a job's submission to its end: p50, p95, p99", "s",

@@ -11,6 +11,7 @@ POOL = "greenroom.pool"
 OWNER = "greenroom.owner"
 PORT = "greenroom.port"
 ENGINE = "greenroom.engine"
+SPEC_HASH = "greenroom.spec-hash"  # what it was made from (specs.spec_hash): a rollout's old and new
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Instance:
     port: int
     created_at: float  # unix time
     running: bool
+    spec_hash: str = ""  # its greenroom.spec-hash label ("" when it has none)
 
 
 class Runtime(ABC):
@@ -32,13 +34,15 @@ class Runtime(ABC):
         self.engine = engine  # the engine's name, on every record and label (engines.py)
         self.address = address  # where its servers listen, and other hosts reach them
 
-    def labels(self, pool: str, port: int) -> dict[str, str]:
-        return {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
+    def labels(self, pool: str, port: int, spec_hash: str = "") -> dict[str, str]:
+        labels = {MANAGED: "true", POOL: pool, OWNER: self.owner, PORT: str(port)}
+        return labels | ({SPEC_HASH: spec_hash} if spec_hash else {})
 
     @abstractmethod
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
-        """Start a server that requires `key` as its bearer token; return once it exists
-        (not once it is healthy)."""
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+               spec_hash: str = "") -> Instance:
+        """Start a server that requires `key` as its bearer token, labelled with spec_hash
+        (listed and inspected with it); return once it exists (not once it is healthy)."""
 
     @abstractmethod
     def inspect(self, instance_id: str) -> Instance | None:

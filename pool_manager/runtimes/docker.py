@@ -12,16 +12,17 @@ import requests.exceptions
 
 from ..errors import RuntimeFailure, RuntimeUnavailable
 from ..settings import PoolSpec
-from .base import ENGINE, MANAGED, OWNER, POOL, PORT, Instance, Runtime
+from .base import ENGINE, MANAGED, OWNER, POOL, PORT, SPEC_HASH, Instance, Runtime
 
 
-def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> dict:
+def container_options(runtime: Runtime, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+                      spec_hash: str = "") -> dict:
     """The keyword arguments of containers.create: a pure function, testable without an engine."""
     env = runtime.server_env(instance_id, spec, port, key)
     options = dict(
         image=spec.image,
         name=instance_id,
-        labels=runtime.labels(pool, port),
+        labels=runtime.labels(pool, port, spec_hash),
         environment=env,
         user=spec.user,
         mem_limit=spec.mem_limit,
@@ -53,8 +54,8 @@ class DockerRuntime(Runtime):
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
 
-    def labels(self, pool: str, port: int) -> dict[str, str]:
-        return super().labels(pool, port) | {ENGINE: self.engine}
+    def labels(self, pool: str, port: int, spec_hash: str = "") -> dict[str, str]:
+        return super().labels(pool, port, spec_hash) | {ENGINE: self.engine}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -69,8 +70,9 @@ class DockerRuntime(Runtime):
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return False
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
-        options = container_options(self, instance_id, pool, spec, port, key)
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+               spec_hash: str = "") -> Instance:
+        options = container_options(self, instance_id, pool, spec, port, key, spec_hash)
         with _translated(f"create {instance_id}"):
             container = self.client.containers.create(**options)
             try:
@@ -78,7 +80,7 @@ class DockerRuntime(Runtime):
             except docker.errors.APIError:
                 self.destroy(instance_id)
                 raise
-        return Instance(instance_id, pool, port, _created(container.attrs), running=True)
+        return Instance(instance_id, pool, port, _created(container.attrs), running=True, spec_hash=spec_hash)
 
     def inspect(self, instance_id: str) -> Instance | None:
         with _translated(f"inspect {instance_id}"):
@@ -88,7 +90,7 @@ class DockerRuntime(Runtime):
                 return None
         labels = attrs["Config"]["Labels"] or {}
         return Instance(instance_id, labels.get(POOL, ""), int(labels.get(PORT, 0)), _created(attrs),
-                        running=attrs["State"]["Running"])
+                        running=attrs["State"]["Running"], spec_hash=labels.get(SPEC_HASH, ""))
 
     def destroy(self, instance_id: str) -> None:
         with _translated(f"destroy {instance_id}"):
@@ -106,7 +108,8 @@ class DockerRuntime(Runtime):
             rows = self.client.api.containers(all=True, filters=filters)
         return [
             Instance(row["Names"][0].lstrip("/"), row["Labels"].get(POOL, ""), int(row["Labels"].get(PORT, 0)),
-                     float(row["Created"]), running=row["State"] == "running")
+                     float(row["Created"]), running=row["State"] == "running",
+                     spec_hash=row["Labels"].get(SPEC_HASH, ""))
             for row in rows
         ]
 

@@ -17,7 +17,7 @@ from lightkube.types import PatchType
 
 from ..errors import RuntimeFailure, RuntimeUnavailable
 from ..settings import PoolSpec
-from .base import MANAGED, OWNER, POOL, PORT, Instance, Runtime
+from .base import MANAGED, OWNER, POOL, PORT, SPEC_HASH, Instance, Runtime
 from .kube_spec import GRACE_S, STATE, PodView, container_env, pod_labels, pod_manifest, pod_view
 from .kube_watch import PodWatch
 
@@ -50,8 +50,9 @@ class KubernetesRuntime(Runtime):
                 self._client = self._connect()
             return self._client
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
-        labels = pod_labels(self.labels(pool, port), pool, "warming")
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+               spec_hash: str = "") -> Instance:
+        labels = pod_labels(self.labels(pool, port, spec_hash), pool, "warming")
         manifest = pod_manifest(instance_id, labels, spec, self.server_env(instance_id, spec, port, key))
         self.watch.start()  # readiness will come from it
         with _translated(f"create pod {instance_id}"):
@@ -126,7 +127,7 @@ class KubernetesRuntime(Runtime):
 
 def _instance(view: PodView) -> Instance:
     return Instance(view.name, view.labels.get(POOL, ""), int(view.labels.get(PORT, 0)), view.created_at,
-                    running=view.running)
+                    running=view.running, spec_hash=view.labels.get(SPEC_HASH, ""))
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import RuntimeFailure
 from ..settings import PoolSpec
 from ..statedir import private_state_dir
-from .base import Instance, Runtime
+from .base import SPEC_HASH, Instance, Runtime
 
 
 def _start_time(pid: int) -> str | None:
@@ -35,7 +35,8 @@ class ProcessRuntime(Runtime):
         self.folder.mkdir(mode=0o700, exist_ok=True)
         self._children: dict[str, subprocess.Popen] = {}  # started here, reaped here
 
-    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str) -> Instance:
+    def create(self, instance_id: str, pool: str, spec: PoolSpec, port: int, key: str,
+               spec_hash: str = "") -> Instance:
         log = open(self.folder / f"{instance_id}.log", "wb")
         try:
             child = subprocess.Popen(
@@ -49,7 +50,8 @@ class ProcessRuntime(Runtime):
             log.close()
         self._children[instance_id] = child
         record = {"pid": child.pid, "pool": pool, "port": port, "created_at": time.time(),
-                  "start_time": _start_time(child.pid), "key": key}  # the folder is private (statedir.py)
+                  "start_time": _start_time(child.pid), "key": key,  # the folder is private (statedir.py)
+                  "labels": self.labels(pool, port, spec_hash)}
         self._record(instance_id).write_text(json.dumps(record))
         return self._instance(instance_id, record)
 
@@ -100,7 +102,8 @@ class ProcessRuntime(Runtime):
 
     def _instance(self, instance_id: str, record: dict) -> Instance:
         return Instance(instance_id, record["pool"], record["port"], record["created_at"],
-                        running=self._alive(instance_id, record))
+                        running=self._alive(instance_id, record),
+                        spec_hash=record.get("labels", {}).get(SPEC_HASH, ""))
 
     def _alive(self, instance_id: str, record: dict) -> bool:
         if child := self._children.get(instance_id):

@@ -43,10 +43,11 @@
   }
 
   function tile(t) {
-    return h("div", {class: `tile state-${t.state}`, "data-state": t.state, "data-id": t.id,
-                     title: `${t.id}: ${t.state} for ${duration(t.in_state_s)}`},
+    return h("div", {class: `tile state-${t.state}${t.old ? " old" : ""}`, "data-state": t.state, "data-id": t.id,
+                     "data-old": String(t.old),
+                     title: `${t.id}: ${t.state} for ${duration(t.in_state_s)}${t.old ? " (older spec: replaced by a rollout)" : ""}`},
       h("b", {}, t.id.replace(/^gr-/, "")),
-      h("span", {}, `${t.state} ${duration(t.in_state_s)}`),
+      h("span", {}, `${t.state} ${duration(t.in_state_s)}${t.old ? " · old spec" : ""}`),
       h("span", {}, `age ${duration(t.age_s)} · ${t.engine}`),
       t.session ? h("span", {class: "session"}, t.session) : null);
   }
@@ -123,7 +124,8 @@
     const reconciled = pool.reconciled_at ? `${duration(now - pool.reconciled_at)} ago` : "never";
     return h("div", {class: "summary"},
       h("p", {class: "target", "data-source": t.source},
-        h("b", {}, `target ${t.idle} idle`), ` · max ${t.max_total} · `, h("span", {class: "why"}, t.why)),
+        h("b", {}, `target ${t.idle} idle`), t.setting === "auto" ? " (auto)" : "", ` · max ${t.max_total} · `,
+        h("span", {class: "why"}, t.why)),
       h("p", {class: "counts"},
         `${c.idle} idle · ${c.warming} warming · ${c.assigned} assigned · ${c.retiring} retiring · ` +
         `${pool.waiting} waiting · last reconcile ${reconciled}`));
