@@ -3,7 +3,7 @@ and gives its worker thread back; a container that turns idle goes to the head o
 line by event, not by polling.
 
 One stack on its own redis-server (so its command count is its own): the API, a chat
-worker with 2 threads, the pool worker and beat; claim_timeout_s shortened to 12 s and
+worker with 2 threads, the pool worker and beat; claim_timeout_s shortened to 20 s and
 reconcile_interval_s to 1 s so that a wait's deadline is reached within the test. A pool
 of one container (max_total 1), held by a session the tests open: every new session
 waits. The process runtime: a container is not the point here."""
@@ -20,7 +20,7 @@ from pool_manager.keys import Keys
 from stack import Stack, chat, wait_for_pool
 
 pytestmark = pytest.mark.timeout(120)
-CLAIM_TIMEOUT_S = 12
+CLAIM_TIMEOUT_S = 20
 THREADS = 2
 
 
@@ -124,23 +124,25 @@ def test_a_freed_container_goes_to_the_head_of_the_line_by_event(stack, held):
 
 
 def test_waiting_jobs_cost_redis_no_calls_while_they_wait(stack, held):
-    """Redis commands per second with 20 jobs parked, against none: under one more per
+    """Redis commands per second with 40 jobs parked, against none: under one more per
     waiting job per second (a job that polled, as before, cost about 54)."""
     client, _ = held
 
-    def commands_per_second(span_s: float = 2.0) -> float:
+    def commands_per_second(span_s: float = 3.0) -> float:
         with redis.Redis.from_url(stack.redis_url) as raw:
             before = raw.info("stats")["total_commands_processed"]
             time.sleep(span_s)
             return (raw.info("stats")["total_commands_processed"] - before) / span_s
 
     quiet = commands_per_second()
-    waiting = park(client, 20)
-    loaded = commands_per_second()
-    assert all(read_job(client, job_id)["status"] == "waiting_for_container" for job_id in waiting)
-    assert (loaded - quiet) / len(waiting) < 1, (quiet, loaded)
-    for job_id in waiting:
-        client.delete(f"/v1/jobs/{job_id}")
+    waiting = park(client, 40)
+    try:
+        loaded = commands_per_second()
+        assert all(read_job(client, job_id)["status"] == "waiting_for_container" for job_id in waiting)
+        assert (loaded - quiet) / len(waiting) < 1, (quiet, loaded)
+    finally:
+        for job_id in waiting:
+            client.delete(f"/v1/jobs/{job_id}")
 
 
 def test_a_job_cancelled_after_its_hand_off_frees_the_container_it_was_handed(stack, held):
