@@ -78,7 +78,8 @@ class Engines:
     # heartbeats
     def seen(self, engine: str, pool: str) -> None:
         """Its worker listed it just now."""
-        self.redis.hset(self.keys.engine(engine), mapping={"seen_at": time.time(), "error": "", f"seen:{pool}": time.time()})
+        now = time.time()
+        self.redis.hset(self.keys.engine(engine), mapping={"seen_at": now, "error": "", f"seen:{pool}": now})
 
     def began(self, pool: str, engine: str, at: float) -> None:
         self.redis.hset(self.keys.engine(engine), f"began:{pool}", at)
