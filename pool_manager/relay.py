@@ -151,7 +151,8 @@ class ChatRelay:
         reply["greenroom"] = {
             "job_id": job_id, "session_id": request.session_id or job_id, "container": claim.container.id,
             "warm": waited == 0.0, "new_session": claim.new,
-            "timings": {"queued_s": round(began - created_at, 6), "waited_for_container_s": round(waited, 6),
+            # queued: in the broker's queues (a parked job's delivery begins after its wait)
+            "timings": {"queued_s": round(began - created_at - waited, 6), "waited_for_container_s": round(waited, 6),
                         "in_container_s": round(in_container, 6), "total_s": round(finished - created_at, 6)},
         }
         return reply

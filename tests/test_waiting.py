@@ -115,7 +115,11 @@ def test_a_freed_container_goes_to_the_head_of_the_line_by_event(stack, held):
     client.delete(f"/v1/sessions/{session}")
     job = poll_until_final(client, first, timeout=30)
     assert job["status"] == "succeeded", job
-    assert job["result"]["greenroom"]["new_session"] is True and job["result"]["greenroom"]["warm"] is False
+    meta = job["result"]["greenroom"]
+    assert meta["new_session"] is True and meta["warm"] is False
+    timings = meta["timings"]  # the wait counted once: queued and waited fit in the total
+    assert timings["waited_for_container_s"] > 0
+    assert timings["queued_s"] + timings["waited_for_container_s"] + timings["in_container_s"] <= timings["total_s"]
     still = read_job(client, second)
     assert still["status"] == "waiting_for_container" and still["position"] == 1  # its place as of now
     assert job_record(stack, first)["deliveries"] == "2"  # parked once, sent again once handed
