@@ -22,7 +22,7 @@ from .errors import ClaimTimeout
 from .jobs import JobStore
 from .joblog import MAX_ENTRIES as LOG_ENTRIES
 from .keys import Keys
-from .line import FAIR_PLACE, LEAVE_LINE
+from .line import FAIR_PLACE, JOIN_LINE, LEAVE_LINE
 from .state import ASSIGN
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,11 @@ log = logging.getLogger(__name__)
 _PARK = """
 local job, leases, log, channel, all_key, tenants_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local line_prefix, tenant, job_id, now, stale_before, delivery = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-""" + FAIR_PLACE + """
+""" + FAIR_PLACE + JOIN_LINE + """
 local status = redis.call('HGET', job, 'status')
 local open = {queued = true, waiting_for_container = true, running = true}
 if not open[status] or redis.call('HGET', job, 'delivery') ~= delivery then return 0 end
-redis.call('ZADD', all_key, 'NX', now, job_id)
-redis.call('ZADD', line_prefix .. tenant, 'NX', now, job_id)
-redis.call('SADD', tenants_key, tenant)
+join_line(tenant, job_id, now)
 local place = ahead(tenant, job_id, now, stale_before) + 1
 redis.call('HSET', job, 'status', 'waiting_for_container', 'position', place, 'delivery', '')
 redis.call('HSETNX', job, 'parked_at', now)

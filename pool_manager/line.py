@@ -47,14 +47,22 @@ local function ahead(tenant, job_id, now, stale_before)
 end
 """
 
-# Join (keeping the place held before, if any) and return the 1-based place.
+# join_line(tenant, job_id, now): the job joins the line, keeping the place it held before,
+# if any. Expects `all_key`, `tenants_key` and `line_prefix`, as FAIR_PLACE does.
+JOIN_LINE = """
+local function join_line(tenant, job_id, now)
+  redis.call('ZADD', all_key, 'NX', now, job_id)
+  redis.call('ZADD', line_prefix .. tenant, 'NX', now, job_id)
+  redis.call('SADD', tenants_key, tenant)
+end
+"""
+
+# Join and return the 1-based place.
 _JOIN = """
 local all_key, tenants_key, line_prefix = KEYS[1], KEYS[2], ARGV[1]
 local tenant, job_id, now, stale_before = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-""" + FAIR_PLACE + """
-redis.call('ZADD', all_key, 'NX', now, job_id)
-redis.call('ZADD', line_prefix .. tenant, 'NX', now, job_id)
-redis.call('SADD', tenants_key, tenant)
+""" + FAIR_PLACE + JOIN_LINE + """
+join_line(tenant, job_id, now)
 return ahead(tenant, job_id, now, stale_before) + 1
 """
 

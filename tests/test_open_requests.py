@@ -8,6 +8,7 @@ import socket
 import httpx
 import pytest
 
+from bench.scenarios.connections import answered
 from conftest import wait_until
 from stack import TOKENS, Stack
 
@@ -41,14 +42,6 @@ def open_polls(stack, tenant: str, job_id: str, count: int, wait: float = 60) ->
         sock.sendall(request)
         sockets.append(sock)
     return sockets
-
-
-def answered(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        return sock.recv(1, socket.MSG_PEEK) is not None
-    except BlockingIOError:
-        return False
 
 
 def test_health_and_submissions_are_answered_while_a_hundred_polls_are_held(stack):
