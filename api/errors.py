@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ def init_app(app: Flask) -> None:
     def _too_large(exc: RequestEntityTooLarge):
         _drain_body()
         return _http(exc)
+
+    @app.errorhandler(ClientDisconnected)
+    def _body_stopped(exc: ClientDisconnected):
+        """The body stopped short: the client left, or sent nothing for api_read_timeout_s."""
+        return error_response(408, "request_timeout", "the request body stopped before its end")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

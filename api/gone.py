@@ -29,10 +29,14 @@ def client_gone(on_gone: Callable[[], None]) -> Iterator[threading.Event]:
 
 
 def _watch(sock: socket.socket, gone: threading.Event, on_gone: Callable[[], None]) -> None:
-    try:
-        closed = sock.recv(1, socket.MSG_PEEK) == b""  # data instead: a next request, pipelined
-    except OSError:
-        closed = True
+    while True:
+        try:
+            closed = sock.recv(1, socket.MSG_PEEK) == b""  # data instead: a next request, pipelined
+        except TimeoutError:  # the connection's read timeout (api_read_timeout_s): the client is still there
+            continue
+        except OSError:
+            closed = True
+        break
     if closed:
         gone.set()
         on_gone()

@@ -14,8 +14,9 @@ from gunicorn import util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
+from pool_manager.settings import get_settings
+
 stopping = threading.Event()
-REQUEST_READ_TIMEOUT_S = 30  # a client slower than this to send (headers: keep-alive, 5 s) is dropped
 
 
 class GeventWorker(GunicornGeventWorker):
@@ -26,7 +27,7 @@ class GeventWorker(GunicornGeventWorker):
 
     def handle(self, listener, client, addr):
         client.setblocking(1)
-        client.settimeout(REQUEST_READ_TIMEOUT_S)
+        client.settimeout(get_settings().api_read_timeout_s)
         AsyncWorker.handle(self, listener, client, addr)
 
 

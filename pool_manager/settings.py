@@ -168,6 +168,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_wait_s: float = Field(60, gt=0)  # longest long poll (?wait=N)
     max_stream_s: float = Field(900, gt=0)  # longest an event stream stays open (a job's whole life, as a rule)
+    api_read_timeout_s: float = Field(30, gt=0)  # longest wait for a byte of a request body (headers: 5 s)
     api_max_open_requests: int = Field(10_000, ge=10)  # per API process (gevent worker connections)
     max_open_waits: int = Field(5_000, ge=1)  # long polls and streams held at once, per API process
     max_open_waits_per_tenant: int = Field(1_000, ge=1)  # the same, per tenant and API process

@@ -1,9 +1,11 @@
 """Many open long polls against one API process (gunicorn's gevent worker, as `greenroom
 api` runs it): the requests beside them are still answered, each tenant and the process
 hold only so many, and a client that never finishes sending its request is dropped.
-An API-only stack: no workers, so every polled job stays queued and every poll is held."""
+An API-only stack: no workers, so every polled job stays queued and every poll is held.
+Shortened for the test: the read timeout (api_read_timeout_s, 30 s by default) is 2 s."""
 
 import socket
+import time
 
 import httpx
 import pytest
@@ -14,13 +16,14 @@ from stack import TOKENS, Stack
 
 pytestmark = pytest.mark.timeout(120)
 PER_TENANT = 60
+READ_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url, tmp_path_factory):
     pool = {"command": ["python3", "images/chatbot/server.py"], "runtime": "process", "target_idle": 0}
     running = Stack(redis_url, "open-requests", tmp_path_factory.mktemp("open"), pool,
-                    max_open_waits_per_tenant=PER_TENANT, max_open_waits=300)
+                    max_open_waits_per_tenant=PER_TENANT, max_open_waits=300, api_read_timeout_s=READ_TIMEOUT_S)
     running.start("api")
     yield running
     running.stop()
@@ -67,8 +70,13 @@ def test_a_tenant_holds_only_so_many_polls_then_gets_429(stack):
     polls = open_polls(stack, "acme", job_id, PER_TENANT)
     try:
         with stack.client("acme", timeout=10) as acme:
-            refused = wait_until(lambda: (r := acme.get(f"/v1/jobs/{job_id}", params={"wait": 0.1})).status_code
-                                 == 429 and r, 30, message="the server to hold all 60")
+            try:
+                refused = wait_until(lambda: (r := acme.get(f"/v1/jobs/{job_id}", params={"wait": 0.1})).status_code
+                                     == 429 and r, 30, message="the server to hold all 60")
+            except TimeoutError:
+                ended = [poll for poll in polls if answered(poll)]
+                pytest.fail(f"no 429 in 30 s; {len(ended)} of the {PER_TENANT} polls had ended: "
+                            f"{ended[0].recv(200) if ended else b''!r}")
             assert refused.headers["Retry-After"] == "1"
             assert refused.json()["error"]["code"] == "too_many_waits"
             with stack.client("globex", timeout=10) as globex:  # another tenant's polls are its own
@@ -87,6 +95,28 @@ def test_a_client_that_never_finishes_its_request_is_dropped(stack):
     with socket.create_connection((host, int(port)), timeout=30) as half_sent:
         half_sent.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         assert half_sent.recv(1024) == b""  # closed by the server (keep-alive, 5 s), not answered
+
+
+def test_a_body_sent_too_slowly_is_dropped(stack):
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as slow:
+        slow.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['acme']}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())  # 1 byte of 100
+        began = time.monotonic()
+        answer = slow.recv(4096)
+        assert time.monotonic() - began < READ_TIMEOUT_S + 5
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in answer
+        assert slow.recv(1024) == b""  # and then hangs up: the rest of the body never comes
+
+
+def test_a_long_poll_is_held_its_whole_wait_past_the_read_timeout(stack):
+    """The read timeout bounds a client's sending, not how long it may wait for an answer."""
+    [poll] = open_polls(stack, "acme", queued_job(stack, "acme"), 1, wait=3 * READ_TIMEOUT_S)
+    with poll:
+        poll.settimeout(30)
+        began = time.monotonic()
+        assert poll.recv(15) == b"HTTP/1.1 200 OK"
+        assert time.monotonic() - began > 3 * READ_TIMEOUT_S - 0.5
 
 
 def test_two_hundred_open_event_streams_leave_the_api_answering(stack):
