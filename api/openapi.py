@@ -48,6 +48,7 @@ ERROR_REASONS = {
     401: "No valid bearer token",
     403: "The token's tenant is not an admin",
     404: "No such resource visible to this tenant (another tenant's reads as absent), or an unknown model",
+    408: "The body stopped before its end: the client sent none of the rest for api_read_timeout_s (30 s)",
     409: "Conflict with the resource's state",
     413: "The body is larger than max_body_bytes",
     414: "The request line is longer than 4094 bytes",
@@ -62,7 +63,7 @@ ERROR_REASONS = {
 }
 # Any request can get these: the HTTP server refuses what it cannot parse.
 ANY_ERRORS = (400, 414, 431)
-BODY_ERRORS = (413, 415, 422)
+BODY_ERRORS = (408, 413, 415, 422)
 
 
 def _errors(*codes: int) -> dict:
