@@ -407,7 +407,8 @@ class Terminal:
 
     def __init__(self, argv: list[str], env: dict, **popen):
         master, slave = pty.openpty()
-        self.process = subprocess.Popen(argv, env=env, stderr=slave, start_new_session=True, **popen)
+        self.process = subprocess.Popen(argv, env=env | {"PYTHONFAULTHANDLER": "1"}, stderr=slave,
+                                        start_new_session=True, **popen)
         os.close(slave)
         self.master, self.seen = master, b""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -430,8 +431,14 @@ class Terminal:
         return self.seen.decode(errors="replace")
 
     def finish(self, timeout: float = 60) -> str:
-        """The process's stdout (if piped) once it ended."""
-        out, _ = self.process.communicate(timeout=timeout)
+        """The process's stdout (if piped) once it ended; if it does not end, where it hangs."""
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            self.process.communicate(timeout=10)
+            self._reader.join(5)
+            pytest.fail(f"{self.process.args} did not end in {timeout} s:\n{self.text()}")
         self._reader.join(5)
         os.close(self.master)
         return (out or b"").decode()
