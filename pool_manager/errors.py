@@ -11,6 +11,7 @@
     ├── JobCancelled           the job was cancelled while it waited
     ├── DeliveryLost           another delivery took the job over (this worker's lease lapsed)
     ├── ContainerLost          the container died or stopped answering mid-job
+    │   ├── ContainerUnreachable  it took no connection: the message never reached it
     │   └── ContainerTimeout   the container did not reply within chat_timeout_s
     ├── ModelError             the model server answered with an error
     └── RuntimeFailure         a runtime (Docker, process) call failed
@@ -78,6 +79,10 @@ class Parked(GreenroomError):
 
 class ContainerLost(GreenroomError):
     code = "container_lost"
+
+
+class ContainerUnreachable(ContainerLost):
+    code = "container_lost"  # the same to callers; the relay may try a new session's message elsewhere
 
 
 class ContainerTimeout(ContainerLost):

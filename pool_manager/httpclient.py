@@ -11,10 +11,11 @@ from contextlib import contextmanager
 
 import httpx
 
-from .errors import ContainerLost, ContainerTimeout, ModelError
+from .errors import ContainerLost, ContainerTimeout, ContainerUnreachable, ModelError
 
 _lock = threading.Lock()
 _clients: dict[int, httpx.Client] = {}
+CONNECT_TIMEOUT_S = 5.0  # a container that takes no connection within this is unreachable
 
 
 def http_client() -> httpx.Client:
@@ -38,8 +39,9 @@ def is_healthy(endpoint: str, health_path: str, timeout: float = 1.0) -> bool:
 def post_bounded(url: str, payload: dict, key: str, within_s: float, max_bytes: int) -> dict:
     """POST JSON with the server's bearer key; its JSON reply, read within within_s of
     wall-clock time however slowly it trickles (ContainerTimeout) and never past max_bytes
-    (ModelError, the rest unread). ContainerLost: it stopped answering. ModelError (with
-    the status): it answered something other than 200 and JSON."""
+    (ModelError, the rest unread). ContainerUnreachable: it took no connection (the message
+    never reached it). ContainerLost: it stopped answering. ModelError (with the status):
+    it answered something other than 200 and JSON."""
     with _reply(url, payload, key, within_s) as response:
         body = _read_capped(response, max_bytes)
     try:
@@ -75,13 +77,16 @@ def _reply(url: str, payload: dict, key: str, within_s: float) -> Iterator[httpx
     """The server's 200 response, open for reading until within_s has passed; its errors
     translated."""
     deadline = time.monotonic() + within_s
+    timeout = httpx.Timeout(within_s, connect=min(CONNECT_TIMEOUT_S, within_s))
     try:
         with http_client().stream("POST", url, json=payload, headers={"Authorization": f"Bearer {key}"},
-                                  timeout=within_s) as response, _cut_off_at(deadline, response):
+                                  timeout=timeout) as response, _cut_off_at(deadline, response):
             if response.status_code != 200:
                 text = _head(response, 500).decode(errors="replace")
                 raise ModelError(f"model server answered {response.status_code}: {text}", response.status_code)
             yield response
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise ContainerUnreachable(f"the model server took no connection: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise ContainerTimeout(f"the model server gave no reply within {within_s:g}s") from exc
     except httpx.TransportError as exc:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .errors import (ContainerLost, ContainerTimeout, DeliveryLost, GreenroomError, JobCancelled, LimitExceeded,
-                     ModelError, Parked, SessionBusy)
+from .errors import (ContainerLost, ContainerTimeout, ContainerUnreachable, DeliveryLost, GreenroomError,
+                     JobCancelled, LimitExceeded, ModelError, Parked, SessionBusy)
 from .heartbeat import Heartbeat
 from .chunks import Assembly
 from .httpclient import post_bounded, post_streamed
@@ -135,18 +135,21 @@ class ChatRelay:
         body = request.options | {"model": model, "messages": request.model_dump(mode="json")["messages"]}
         began = time.time()
         deadline = time.monotonic() + self.settings.claim_timeout_s  # for the session's turn
-        claim = self._claim(delivery, model, session)
-        try:
-            reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
-        except ContainerLost as exc:
-            delivery.check()  # the container is the new delivery's business now
-            self.manager.close_session(session, reason="broken")
-            if not claim.new or isinstance(exc, ContainerTimeout) or request.stream:  # (streamed: already out)
-                raise
-            log.warning("job %s: container %s lost on a first message; retrying once", job_id, claim.container.id)
-            self.manager.state.discard_session(session)
-            claim = self._claim(delivery, model, session)
-            reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
+        claim, lost = self._claim(delivery, model, session), 0
+        while True:
+            try:
+                reply, in_container = self._relay(delivery, claim, session, body, request.stream, deadline)
+                break
+            except ContainerLost as exc:
+                delivery.check()  # the container is the new delivery's business now
+                self.manager.close_session(session, reason="broken")
+                if not self._may_try_again(claim, request, exc, lost, deadline):
+                    raise
+                lost += not isinstance(exc, ContainerUnreachable)
+                log.warning("job %s: container %s failed a first message (%s); trying another", job_id,
+                            claim.container.id, exc)
+                self.manager.state.discard_session(session)
+                claim = self._claim(delivery, model, session)
         finished, waited = time.time(), delivery.waited_s
         reply["greenroom"] = {
             "job_id": job_id, "session_id": request.session_id or job_id, "container": claim.container.id,
@@ -156,6 +159,16 @@ class ChatRelay:
                         "in_container_s": round(in_container, 6), "total_s": round(finished - created_at, 6)},
         }
         return reply
+
+    @staticmethod
+    def _may_try_again(claim: Claim, request: ChatJob, exc: ContainerLost, lost: int, deadline: float) -> bool:
+        """A new session's first message whose container failed it goes to another warm one:
+        while time is left if it never reached the container (a lost engine's containers
+        refuse one after another); once if the container died under it (twice, and the
+        message may be what kills them). Not after a timeout, nor once a stream began."""
+        if not claim.new or isinstance(exc, ContainerTimeout) or request.stream:  # (streamed: already out)
+            return False
+        return time.monotonic() < deadline if isinstance(exc, ContainerUnreachable) else lost == 0
 
     def _claim(self, delivery: Delivery, pool: str, session: str) -> Claim:
         """The session's container, or a warm one for a new session. None free: the job parks

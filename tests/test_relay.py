@@ -118,3 +118,20 @@ def test_a_redelivered_job_that_is_final_returns_its_stored_result(relay):
     failed = serve(chat, "job-late", "hello?", "job-once")
     assert failed["status"] == "failed" and failed["error"]["code"] == "session_closed", failed
     assert serve(chat, "job-late", "hello?", "job-once") == failed  # a failed job stays failed, as stored
+
+
+def test_a_first_message_goes_past_every_container_that_takes_no_connection(relay):
+    """Two idle servers dead (an engine lost, say), the first two a claim takes: a new
+    session's message never reached them, so it goes on to the third, which answers.
+    (A container that dies under a message is tried past once only: test_faults.py.)"""
+    chat = relay(target_idle=3, env={"BOOT_SECONDS": "0"})
+    manager = chat.manager
+    manager.reconcile(POOL)
+    wait_until(lambda: manager.state.counts(POOL)["idle"] == 3, 20, message="3 idle servers")
+    dead = manager.state.idle_ids(POOL)[:2]  # oldest idle first: the order claims take them
+    for container_id in dead:
+        manager.runtime_for(manager.state.get(container_id)).destroy(container_id)  # gone; Redis still says idle
+    record = serve(chat, "job-new", "my name is Ada")
+    assert reply(record) == "Turn 1: nice to meet you, Ada.", record
+    assert record["result"]["greenroom"]["container"] not in dead
+    assert not set(dead) & set(manager.state.idle_ids(POOL))  # out of service
