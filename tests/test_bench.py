@@ -21,9 +21,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick_run(docker_engine, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([GREENROOM, "bench", "--quick", "--name", "ci-quick", "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=1150)
-    assert done.returncode == 0, done.stderr[-4000:]
+    bench = subprocess.Popen([GREENROOM, "bench", "--quick", "--name", "ci-quick", "--output-dir", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = bench.communicate(timeout=1100)
+    except subprocess.TimeoutExpired:
+        bench.terminate()  # SIGTERM: the bench removes its stacks' containers (a SIGKILL would leave them)
+        _, stderr = bench.communicate(timeout=60)
+        pytest.fail(f"the quick bench took over 1100 s:\n{stderr[-4000:]}")
+    assert bench.returncode == 0, stderr[-4000:]
     return out, json.loads((out / "results" / "ci-quick.json").read_text())
 
 
