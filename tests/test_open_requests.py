@@ -105,7 +105,7 @@ def response_of(sock: socket.socket) -> bytes:
 
 
 def _content_length(data: bytes) -> int:
-    found = re.search(rb"\r\nContent-Length: (\d+)\r\n", data.partition(b"\r\n\r\n")[0], re.I)
+    found = re.search(rb"\r\nContent-Length: (\d+)", data.partition(b"\r\n\r\n")[0], re.I)
     return int(found.group(1)) if found else 0
 
 
