@@ -10,7 +10,8 @@ from bench.scenarios import NAMES as SCENARIOS
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Every scenario briefly (CI): small samples, short boots (~3 min).")
+@click.option("--quick", is_flag=True,
+              help="Every scenario briefly (CI): small samples, short boots (about 7 min here).")
 @click.option("--scenario", "names", multiple=True, type=click.Choice(SCENARIOS),
               help="Run only this scenario (repeatable). Default: all, in order.")
 @click.option("--name", help="Results name: bench/results/<name>.json, bench/report/<name>.md. Default: a timestamp.")

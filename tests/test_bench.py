@@ -13,7 +13,7 @@ import pytest
 from bench.scenarios import NAMES
 from bench.targets import TARGETS
 
-pytestmark = pytest.mark.timeout(1200)  # the quick run takes 3-5 min; far more on a loaded machine
+pytestmark = pytest.mark.timeout(1200)  # the quick run takes about 7 min; far more on a loaded machine
 GREENROOM = str(Path(sys.executable).parent / "greenroom")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
