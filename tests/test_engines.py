@@ -17,7 +17,7 @@ import redis
 
 from bench.second_dockerd import SecondDockerd
 from conftest import RUN_ID, require, wait_until
-from faultkit import Stopwatch, report
+from faultkit import Stopwatch, poll_until_final, report, submit
 from pool_manager.engines import Engines, place
 from pool_manager.errors import ConfigError
 from pool_manager.keys import Keys
@@ -221,21 +221,14 @@ def _engine_of(view: View, job: dict) -> str:
 
 
 def _submit(stack: Stack, jobs: dict, key: str, session: str | None, text: str) -> None:
-    """Submit and follow one job to its end (recorded in jobs[key]); a refused submission
-    is recorded as a failed job with the API's error."""
+    """Submit and follow one job to its end (recorded in jobs[key]; not final in 150 s: not
+    recorded); a refused submission is recorded as a failed job with the API's error."""
     with stack.client(timeout=30) as client:
-        body = {"model": POOL, "messages": [{"role": "user", "content": text}]} | (
-            {"session_id": session} if session else {})
-        submitted = client.post("/v1/jobs", json=body)
+        submitted = submit(client, text, session)
         if submitted.status_code != 202:
             jobs[key] = {"status": "failed", "refused": submitted.status_code, **submitted.json()}
             return
-        job = submitted.json()
-        deadline = time.monotonic() + 150
-        while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-            job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10}).json()
-    if job["status"] in ("succeeded", "failed", "cancelled"):
-        jobs[key] = job
+        jobs[key] = poll_until_final(client, submitted.json()["id"], timeout=150)
 
 
 def test_lost_containers_count_against_max_total_until_their_engine_says_they_are_gone(redis_url, deployment):
