@@ -233,7 +233,8 @@ class Engines:
         while its runtime answers, as the pool's runtime_error says)."""
         counts = {e: dict.fromkeys(POOL_STATES, 0) for e in self.specs}
         for container in self.state.containers(pool).values():
-            counts.setdefault(container.engine, dict.fromkeys(POOL_STATES, 0))[container.state] += 1
+            if container.state in POOL_STATES:  # else marked gone since its id was listed
+                counts.setdefault(container.engine, dict.fromkeys(POOL_STATES, 0))[container.state] += 1
         if len(self.specs) == 1:
             return [EngineStatus(name=e, **n, healthy=runtime_error is None) for e, n in counts.items()]
         now, health = time.time(), self.health()

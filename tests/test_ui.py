@@ -23,6 +23,7 @@ from pool_manager.board import PoolBoards
 from pool_manager.lifecycle import Lifecycle
 from pool_manager.line import WaitingLine
 from pool_manager.metrics import Metrics
+from pool_manager.overview import PoolOverview
 from pool_manager.ports import PortAllocator
 from pool_manager.settings import REFERENCE_SERVER, load_settings, reference_pool
 from pool_manager.specs import PoolSpecs
@@ -272,6 +273,17 @@ def test_tiles_follow_the_records_and_a_removal_reads_retiring(board_parts):
     assert (pool.counts.idle, pool.counts.retiring) == (1, 1)
     state.forget(made[1])
     assert [t.id for t in boards.board("admin").pools[0].tiles] == ["gr-chatbot-0", "gr-chatbot-2"]
+
+
+def test_a_status_read_while_a_container_is_marked_gone_counts_it_nowhere(board_parts):
+    """The status lists a pool's ids, then reads their records: a record marked gone in
+    between (a removal, a lost engine) is in no state. It once answered 500 (KeyError 'gone')."""
+    settings, client, state = board_parts
+    made = Container("gr-chatbot-0", "chatbot", "idle", 20000, "http://x", time.time(), "k")
+    state.add(made)
+    client.hset(state.keys.container(made.id), "state", "gone")  # mark_gone's record step, before its zrem
+    status = PoolOverview(settings, client).status("chatbot")
+    assert [(e.name, e.idle) for e in status.engines] == [("local", 0)]
 
 
 def test_the_line_reads_in_the_fair_order_the_claim_counts(board_parts):
