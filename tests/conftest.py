@@ -121,6 +121,8 @@ def make_manager(request, redis_url, deployment, tmp_path):
         settings = load_settings(deployment=deployment, redis_url=redis_url, pools={"chatbot": spec},
                                  state_dir=tmp_path / "process-runtime", **(settings or {}))
         manager = PoolManager(settings)
+        if runtime != "auto":
+            manager.runtime(runtime)  # made now, so that teardown also finds what other processes started
         managers.append(manager)
         return manager
 
