@@ -40,6 +40,7 @@ class ReconcileReport:
 
 class ReconcilePass:
     lists_here = True  # this pass listed its engine: containers may be placed on it
+
     def __init__(self, pool: str, spec: PoolSpec, runtime: Runtime, state: PoolState, lifecycle: Lifecycle,
                  close_session, line: WaitingLine, sizer: Sizer, spec_hash: str, engines: Engines | None = None):
         self.pool, self.spec, self.runtime = pool, spec, runtime
