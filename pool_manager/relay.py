@@ -165,10 +165,13 @@ class ChatRelay:
         """A new session's first message whose container failed it goes to another warm one:
         while time is left if it never reached the container (a lost engine's containers
         refuse one after another); once if the container died under it (twice, and the
-        message may be what kills them). Not after a timeout, nor once a stream began."""
-        if not claim.new or isinstance(exc, ContainerTimeout) or request.stream:  # (streamed: already out)
+        message may be what kills them), unless it streamed (its chunks are out). Not after
+        a timeout."""
+        if not claim.new or isinstance(exc, ContainerTimeout):
             return False
-        return time.monotonic() < deadline if isinstance(exc, ContainerUnreachable) else lost == 0
+        if isinstance(exc, ContainerUnreachable):  # nothing went out, not even a stream's first chunk
+            return time.monotonic() < deadline
+        return lost == 0 and not request.stream
 
     def _claim(self, delivery: Delivery, pool: str, session: str) -> Claim:
         """The session's container, or a warm one for a new session. None free: the job parks

@@ -120,9 +120,11 @@ def test_a_redelivered_job_that_is_final_returns_its_stored_result(relay):
     assert serve(chat, "job-late", "hello?", "job-once") == failed  # a failed job stays failed, as stored
 
 
-def test_a_first_message_goes_past_every_container_that_takes_no_connection(relay):
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_first_message_goes_past_every_container_that_takes_no_connection(relay, stream):
     """Two idle servers dead (an engine lost, say), the first two a claim takes: a new
-    session's message never reached them, so it goes on to the third, which answers.
+    session's message never reached them, so it goes on to the third, which answers; a
+    streamed one too, its stream never told to start over (nothing had gone out).
     (A container that dies under a message is tried past once only: test_faults.py.)"""
     chat = relay(target_idle=3, env={"BOOT_SECONDS": "0"})
     manager = chat.manager
@@ -131,7 +133,9 @@ def test_a_first_message_goes_past_every_container_that_takes_no_connection(rela
     dead = manager.state.idle_ids(POOL)[:2]  # oldest idle first: the order claims take them
     for container_id in dead:
         manager.runtime_for(manager.state.get(container_id)).destroy(container_id)  # gone; Redis still says idle
-    record = serve(chat, "job-new", "my name is Ada")
+    record = chat.serve("job-new", POOL, [{"role": "user", "content": "my name is Ada"}], stream=stream)
     assert reply(record) == "Turn 1: nice to meet you, Ada.", record
     assert record["result"]["greenroom"]["container"] not in dead
+    events = [entry.event for entry in chat.jobs.log.read("job-new")]
+    assert "restart" not in events and ("chunk" in events) == stream, events
     assert not set(dead) & set(manager.state.idle_ids(POOL))  # out of service
