@@ -408,7 +408,7 @@ class Terminal:
     def __init__(self, argv: list[str], env: dict, **popen):
         master, slave = pty.openpty()
         self.process = subprocess.Popen(argv, env=env | {"PYTHONFAULTHANDLER": "1"}, stderr=slave,
-                                        start_new_session=True, **popen)
+                                        start_new_session=True, preexec_fn=_ctrl_c_reaches_it, **popen)
         os.close(slave)
         self.master, self.seen = master, b""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -442,6 +442,13 @@ class Terminal:
         self._reader.join(5)
         os.close(self.master)
         return (out or b"").decode()
+
+
+def _ctrl_c_reaches_it() -> None:
+    """In the child: SIGINT back to its default, which Python turns into KeyboardInterrupt. A
+    test run started in the background (`cmd &`, nohup) ignores SIGINT, and children inherit
+    that: `greenroom chat` would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _chat(api_stack, *args) -> list[str]:
