@@ -69,9 +69,10 @@ step_docker() {
     *) die "DOCKER_HOST=$DOCKER_HOST is not reachable (not starting a local engine)" ;;
   esac
   [ "$(id -u)" -eq 0 ] || die "no Docker engine reachable and not root: start dockerd yourself"
-  # --live-restore: containers keep running while the daemon restarts (greenroom adopts them)
-  setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false --ip-forward=false --live-restore \
-    >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  # --live-restore: containers keep running while the daemon restarts (greenroom adopts them).
+  # Started from / so that it outlives this checkout (tests restart it in its own directory).
+  (cd / && exec setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
+    --live-restore >>"$DOCKERD_LOG" 2>&1 </dev/null) &
   for _ in $(seq 60); do
     if docker_ok; then say "docker engine ... started $(took "$t")"; return; fi
     sleep 1
