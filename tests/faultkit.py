@@ -306,8 +306,8 @@ class DockerDaemon:
         self.pid = pid
         self.argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         self.env = dict(line.split(b"=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
-        self.cwd = os.readlink(proc / "cwd")  # "<path> (deleted)" once removed: then from /
-        self.cwd = self.cwd if os.path.isdir(self.cwd) else "/"
+        cwd = os.readlink(proc / "cwd")
+        self.cwd = cwd if os.path.isdir(cwd) else "/"  # it reads "<path> (deleted)" once removed
         log = os.readlink(proc / "fd/1")
         self.log = log if log.startswith("/") and os.path.isfile(log) else os.devnull
 
