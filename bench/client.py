@@ -1,7 +1,6 @@
 """What the scenarios do over HTTP and Redis: chats through greenroom and straight to a
 container, sessions, pool counts, and the container records greenroom keeps in Redis."""
 
-import sys
 import threading
 import time
 
@@ -73,15 +72,8 @@ def close_session(client: httpx.Client, session_id: str) -> None:
         raise ChatFailed(f"DELETE session answered {response.status_code}: {response.text[:300]}")
 
 
-def pool_status(client: httpx.Client, patience_s: float = 10) -> dict:
-    """The pool's status. An error answer (seen now and then under the sizing scenario's
-    load; which one is not yet known) is said on stderr and asked again, for patience_s."""
-    deadline = time.monotonic() + patience_s
-    while (response := client.get(f"/v1/pools/{MODEL}")).status_code != 200 and time.monotonic() < deadline:
-        print(f"bench: GET /v1/pools/{MODEL} answered {response.status_code}: {response.text[:200]}", file=sys.stderr)
-        time.sleep(0.2)
-    response.raise_for_status()
-    return response.json()
+def pool_status(client: httpx.Client) -> dict:
+    return _reply(client.get(f"/v1/pools/{MODEL}"))
 
 
 def wait_until_settled(client: httpx.Client, target_idle: int, timeout: float, sessions_open: bool = False) -> dict:

@@ -221,8 +221,9 @@ def _engine_of(view: View, job: dict) -> str:
 
 
 def _submit(stack: Stack, jobs: dict, key: str, session: str | None, text: str) -> None:
-    """Submit and follow one job to its end (recorded in jobs[key]; not final in 150 s: not
-    recorded); a refused submission is recorded as a failed job with the API's error."""
+    """Submit and follow one job to its end, recorded in jobs[key] (not final in 150 s: the
+    thread fails and nothing is recorded); a refused submission is recorded as a failed job
+    with the API's error."""
     with stack.client(timeout=30) as client:
         submitted = submit(client, text, session)
         if submitted.status_code != 202:

@@ -185,14 +185,13 @@ class PoolSampler:
                 try:
                     st = pool_status(client)
                     self.log.snap()
-                    old = st["old"]  # a KeyError: the API answered an error, not the pool
-                    sample = {"t": time.time() - self.origin, "idle": st["idle"], "warming": st["warming"],
-                              "assigned": st["assigned"], "target_idle": st["target_idle"],
-                              "old": old["idle"] + old["warming"] + old["assigned"],
-                              "old_free": old["idle"] + old["warming"], "rollout": st["rollout"]}
                 except Exception:  # noqa: BLE001  a missed sample, not a failed run
                     continue
-                self.samples.append(sample)
+                old = st["old"]
+                self.samples.append({"t": time.time() - self.origin, "idle": st["idle"], "warming": st["warming"],
+                                     "assigned": st["assigned"], "target_idle": st["target_idle"],
+                                     "old": old["idle"] + old["warming"] + old["assigned"],
+                                     "old_free": old["idle"] + old["warming"], "rollout": st["rollout"]})
 
 
 # ------------------------------------------------------------------ rollout under load
