@@ -9,7 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .engines import Engines, start_placed
+from .engines import LOST, Engines, start_placed
 from .lifecycle import Lifecycle
 from .line import WaitingLine
 from .runtimes import Instance, Runtime
@@ -68,7 +68,8 @@ class ReconcilePass:
 
     def forget_vanished(self, known: dict[str, Container], live: dict[str, Instance]) -> None:
         """State for containers that died or were removed from outside goes; an assigned
-        one's session is marked broken."""
+        one's session is marked broken, its next message told container_lost (as when the
+        relay finds it dead first)."""
         for container in known.values():
             instance = live.get(container.id)
             if instance and instance.running:
@@ -76,7 +77,8 @@ class ReconcilePass:
             if not self.state.move(container, container.state, None):
                 continue  # someone else moved it meanwhile: theirs to handle
             if container.state == "assigned" and container.session:
-                self.state.end_session(container.session, "broken", container.id)
+                self.state.end_session(container.session, "broken", container.id,
+                                       why=f"{LOST}: its container {container.id} stopped")
             self.lifecycle.destroy(container, self.runtime)
             self.report.forgotten += 1
             if container.state == "warming":  # it crashed while booting

@@ -139,3 +139,16 @@ def test_a_first_message_goes_past_every_container_that_takes_no_connection(rela
     events = [entry.event for entry in chat.jobs.log.read("job-new")]
     assert "restart" not in events and ("chunk" in events) == stream, events
     assert not set(dead) & set(manager.state.idle_ids(POOL))  # out of service
+
+
+def test_a_container_found_dead_between_messages_tells_the_next_one_container_lost(relay):
+    """Whoever notices a session's container died first, the relay or a reconcile pass,
+    its next message reads container_lost (the reconcile case once read session_closed)."""
+    chat = relay(env={"BOOT_SECONDS": "0"})
+    manager = chat.manager
+    first = serve(chat, "job-first", "my name is Ada")
+    container = first["result"]["greenroom"]["container"]
+    manager.runtime_for(manager.state.get(container)).destroy(container)  # it died
+    assert manager.reconcile(POOL).forgotten == 1  # the pass noticed before any message
+    lost = serve(chat, "job-next", "still there?", "job-first")
+    assert lost["status"] == "failed" and lost["error"]["code"] == "container_lost", lost
