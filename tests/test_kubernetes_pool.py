@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import free_port, wait_until
-from pool_manager.errors import RuntimeUnavailable, SessionClosed
+from pool_manager.errors import ContainerLost, RuntimeUnavailable
 from pool_manager.manager import PoolManager
 from pool_manager.overview import PoolOverview
 from pool_manager.settings import reference_pool
@@ -101,7 +101,7 @@ def test_pods_deleted_or_evicted_from_outside_are_forgotten_and_replaced(make_ma
                                if i.id in (claim.container.id, idle_victim)), 10, message="both down")
     report = manager.reconcile(POOL)
     assert report.forgotten == 2 and report.started == 2
-    with pytest.raises(SessionClosed, match="broken"):
+    with pytest.raises(ContainerLost, match="container_lost: its container .* stopped"):
         manager.claim(POOL, "s-lost")
     fill(manager, 2)
     wait_until(lambda: {claim.container.id, idle_victim}.isdisjoint(pods(cluster, manager)), 15,

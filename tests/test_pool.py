@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import wait_until
-from pool_manager.errors import SessionClosed, SessionModelMismatch
+from pool_manager.errors import ContainerLost, SessionClosed, SessionModelMismatch
 from pool_manager.httpclient import http_client
 from pool_manager.manager import PoolManager
 from pool_manager.overview import PoolOverview
@@ -113,7 +113,7 @@ def test_container_killed_from_outside_is_forgotten_and_replaced(make_manager, d
     docker_engine.containers.get(idle_victim).kill()
     report = manager.reconcile(POOL)
     assert report.forgotten == 2 and report.started == 2  # back to two idle
-    with pytest.raises(SessionClosed, match="broken"):
+    with pytest.raises(ContainerLost, match="container_lost: its container .* stopped"):
         manager.claim(POOL, "s-killed")
     fill(manager, 2)
     assert {claim.container.id, idle_victim}.isdisjoint(labelled(docker_engine, manager))
