@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from conftest import RUN_ID, free_port, wait_until
+from pool_manager.errors import RuntimeFailure
 from pool_manager.httpclient import is_healthy
 from pool_manager.runtimes import runtime_class
 from pool_manager.settings import reference_pool
@@ -98,3 +99,26 @@ def test_mark_accepts_every_state_and_a_gone_instance(runtime):
     runtime.destroy(instance.id)
     runtime.mark(instance.id, "idle")  # gone: no error
     assert runtime.inspect(instance.id) is None
+
+
+def test_a_closed_runtime_works_or_raises_runtime_failure(build, deployment):
+    """A boot watcher can outlive close() (a manager closed mid-boot) and handles only
+    RuntimeFailure: after close, every call works or raises one, never anything else."""
+    runtime = build(deployment)
+    instance, spec, port = create(runtime, "closed")
+    runtime.list_managed()  # its client is in use
+    runtime.close()
+    calls = [lambda: runtime.inspect(instance.id), runtime.list_managed, lambda: runtime.mark(instance.id, "idle"),
+             lambda: runtime.ready_endpoint(instance.id, spec, port), lambda: runtime.destroy(instance.id)]
+    try:
+        for call in calls:
+            try:
+                call()
+            except RuntimeFailure:
+                pass
+        assert runtime.logs(instance.id) is not None
+    finally:
+        cleaner = build(deployment)
+        for leftover in cleaner.list_managed():
+            cleaner.destroy(leftover.id)
+        cleaner.close()

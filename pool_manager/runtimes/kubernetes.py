@@ -34,6 +34,7 @@ class KubernetesRuntime(Runtime):
         self.namespace, self.kubeconfig = namespace, kubeconfig
         self.selector = {MANAGED: "true", OWNER: owner}
         self._client: Client | None = None
+        self._closed = False
         self._lock = threading.Lock()
         self.watch = PodWatch(self._connect, namespace, self.selector)
 
@@ -45,7 +46,11 @@ class KubernetesRuntime(Runtime):
 
     @property
     def client(self) -> Client:
+        """The API client; once closed, a RuntimeUnavailable (a boot watcher may outlive
+        close(), and handles only RuntimeFailure)."""
         with self._lock:
+            if self._closed:
+                raise RuntimeUnavailable(f"the kubernetes runtime of {self.owner} is closed")
             if self._client is None:
                 self._client = self._connect()
             return self._client
@@ -116,10 +121,12 @@ class KubernetesRuntime(Runtime):
     def logs(self, instance_id: str, tail: int = 50) -> str:
         try:
             return "\n".join(self.client.log(instance_id, namespace=self.namespace, tail_lines=tail))
-        except (httpx.HTTPError, KubeConfigError, OSError) as exc:
+        except (httpx.HTTPError, KubeConfigError, OSError, RuntimeFailure) as exc:
             return f"<no logs: {exc}>"
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.watch.stop()
         if self._client is not None:
             self._client.close()
