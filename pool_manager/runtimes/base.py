@@ -83,4 +83,5 @@ class Runtime(ABC):
                            spec.container_key_env: key}
 
     def close(self) -> None:
-        """Release client resources (not the instances)."""
+        """Release client resources (not the instances). A call after it works or raises a
+        RuntimeFailure: boot watchers may outlive it."""
