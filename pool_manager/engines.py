@@ -34,7 +34,7 @@ from .state import Container, PoolState
 
 log = logging.getLogger(__name__)
 MAX_PARALLEL = 16
-LOST = ContainerLost.code  # how a session whose container went with its engine reads (`why` starts so)
+LOST = ContainerLost.code  # how a session whose container died, or went with its engine, reads (`why` starts so)
 
 # Take a placement (a token in the engine's placed set) and record its container as
 # warming in one step: a placement that lapsed meanwhile (lost engine) starts nothing.

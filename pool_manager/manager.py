@@ -101,14 +101,14 @@ class PoolManager:
         """The session's container: its own if it has one, else an idle one once no job
         waits ahead of this one, atomically (the job, if it waited in line, leaves it in
         the same step). None: none for this job yet (wait, and claim again). Raises
-        SessionClosed or SessionModelMismatch."""
+        SessionClosed, ContainerLost or SessionModelMismatch."""
         lease_s = self.specs.configured(pool).session_idle_ttl_s  # not scalable: no read of the overrides
         result = self.state.claim(pool, session_id, lease_s, self.settings.line_max_age_s, job_id)
         if result is Refusal.EMPTY:
             return None
         if isinstance(result, Refusal):
             why = self.state.session(session_id).get("why")
-            if result is Refusal.BROKEN and (why or "").startswith(LOST):  # its engine was lost
+            if result is Refusal.BROKEN and (why or "").startswith(LOST):  # its container or engine was lost
                 raise ContainerLost(f"session {session_id!r} is broken: {why}")
             raise SessionClosed(f"session {session_id!r} is {result.value}" + (f": {why}" if why else ""))
         if result.container.pool != pool:

@@ -221,8 +221,12 @@ def test_the_state_needs_an_admin(stack):
     assert get(None).status_code == 401
     assert get("wrong-token-0123456789").status_code == 401
     assert get(TOKENS["acme"]).status_code == 403
-    board = wait_until(lambda: (b := get(TOKENS["admin"]).json())["pools"][0]["events"] and b, 30,
-                       message="a boot on the board")  # run alone, the stack may still be booting
+
+    def board_with_a_boot():  # run alone, the stack may still be booting
+        board = get(TOKENS["admin"]).json()
+        return board if board["pools"][0]["events"] else None
+
+    board = wait_until(board_with_a_boot, 30, message="a boot on the board")
     assert board["pools"][0]["target"]["idle"] == TARGET_IDLE
     assert {e["kind"] for e in board["pools"][0]["events"]} == {"booted"}  # the boots so far
 
